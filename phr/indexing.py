@@ -1,0 +1,213 @@
+"""The search index: what queries need, derived from a resource's JSON.
+
+`index(resource)` is the only producer of the search columns of
+phr.Resource (compartments, tokens, refs, status, category, sensitivity,
+dates, quantity). `manage.py reindex` recomputes them for every row, so the
+JSON stays the record and the index can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from phr import terminology
+
+# Date-only values are Japanese calendar dates: "2025-04-01" means that day
+# in Japan. The index keeps them as the [start, end) interval of that day in
+# Asia/Tokyo, with the precision, so a date never shifts by a timezone.
+LOCAL_TZ = ZoneInfo("Asia/Tokyo")
+
+# The compartment reference(s) of each type: the patient(s) it belongs to.
+COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {
+    "Observation": ("subject",),
+    "Encounter": ("subject",),
+    "EpisodeOfCare": ("patient",),
+    "Immunization": ("patient",),
+    "MedicationDispense": ("subject",),
+    "MedicationStatement": ("subject",),
+    "AllergyIntolerance": ("patient",),
+    "Condition": ("subject",),
+    "Flag": ("subject",),
+}
+
+# The clinically meaningful date of each type (first present wins).
+DATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Patient": ("birthDate",),
+    "Observation": ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"),
+    "Encounter": ("period",),
+    "EpisodeOfCare": ("period",),
+    "Immunization": ("occurrenceDateTime",),
+    "MedicationDispense": ("whenHandedOver", "whenPrepared"),
+    "MedicationStatement": ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
+    "AllergyIntolerance": ("recordedDate", "onsetDateTime"),
+    "Condition": ("onsetDateTime", "recordedDate"),
+    "Flag": ("period",),
+}
+
+SUPPORTED_TYPES = frozenset({"Patient", *COMPARTMENT_PATHS})
+
+
+@dataclass
+class IndexFields:
+    compartments: list[uuid.UUID] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)
+    status: str = ""
+    category: str = ""
+    sensitivity: str = "normal"
+    date_start: datetime | None = None
+    date_end: datetime | None = None
+    date_precision: str = ""
+    quantity_value: Decimal | None = None
+    quantity_code: str = ""
+
+
+def patient_id_from_reference(reference: str | None) -> uuid.UUID | None:
+    if not reference or not reference.startswith("Patient/"):
+        return None
+    try:
+        return uuid.UUID(reference[len("Patient/") :])
+    except ValueError:
+        return None
+
+
+def _walk(node: Any, codings: list[dict[str, Any]], refs: list[str]) -> None:
+    if isinstance(node, dict):
+        system = node.get("system")
+        if isinstance(system, str):
+            code = node.get("code", node.get("value"))
+            if isinstance(code, str):
+                codings.append(node)
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            refs.append(reference)
+        for value in node.values():
+            if isinstance(value, dict | list):
+                _walk(value, codings, refs)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, dict | list):
+                _walk(value, codings, refs)
+
+
+def parse_fhir_date(value: str) -> tuple[datetime, datetime, str]:
+    """A FHIR date/dateTime/instant as a [start, end) interval and precision.
+
+    "2025" → year, "2025-04" → month, "2025-04-01" → day (Japanese calendar
+    days), and a dateTime with a time → an instant (its own offset; a time
+    without an offset is taken as Japan time).
+    """
+    if len(value) == 4:
+        start = datetime(int(value), 1, 1, tzinfo=LOCAL_TZ)
+        return start, start.replace(year=start.year + 1), "year"
+    if len(value) == 7:
+        year, month = int(value[:4]), int(value[5:7])
+        start = datetime(year, month, 1, tzinfo=LOCAL_TZ)
+        end = (
+            datetime(year + 1, 1, 1, tzinfo=LOCAL_TZ)
+            if month == 12
+            else datetime(year, month + 1, 1, tzinfo=LOCAL_TZ)
+        )
+        return start, end, "month"
+    if len(value) == 10:
+        day = date.fromisoformat(value)
+        start = datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ)
+        return start, start + timedelta(days=1), "day"
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=LOCAL_TZ)
+    return moment, moment, "instant"
+
+
+def _dates(resource_type: str, resource: dict[str, Any], out: IndexFields) -> None:
+    for path in DATE_PATHS.get(resource_type, ()):
+        value = resource.get(path)
+        if value is None:
+            continue
+        if isinstance(value, dict):  # a Period
+            start_text, end_text = value.get("start"), value.get("end")
+            if not start_text:
+                continue
+            out.date_start, end, out.date_precision = parse_fhir_date(start_text)
+            out.date_end = parse_fhir_date(end_text)[1] if end_text else None
+            if out.date_end is None and out.date_precision != "instant":
+                out.date_end = end
+            return
+        if isinstance(value, str):
+            out.date_start, out.date_end, out.date_precision = parse_fhir_date(value)
+            return
+
+
+def _category(resource_type: str, resource: dict[str, Any], codings: list[dict[str, Any]]) -> tuple[str, str]:
+    """Data category and sensitivity: meta tags first (the writer knew the
+    context), then the dictionary item of the resource's code, then the
+    resource type."""
+    meta = resource.get("meta") or {}
+    category = ""
+    sensitivity = ""
+    for tag in meta.get("tag") or ():
+        if tag.get("system") == terminology.CATEGORY_SYSTEM:
+            category = tag.get("code", "")
+    for label in meta.get("security") or ():
+        if label.get("system") == terminology.SENSITIVITY_SYSTEM:
+            sensitivity = label.get("code", "")
+    code = resource.get("code") or resource.get("vaccineCode") or {}
+    dictionary_item = None
+    for coding in code.get("coding") or ():
+        dictionary_item = terminology.item_for_coding(coding.get("system"), coding.get("code"))
+        if dictionary_item:
+            break
+    if dictionary_item is not None:
+        category = category or dictionary_item.category
+        # The dictionary's sensitivity can only be raised by a label, never lowered.
+        if dictionary_item.sensitivity != "normal":
+            sensitivity = dictionary_item.sensitivity
+    category = category or terminology.TYPE_CATEGORY.get(resource_type, "")
+    return category, sensitivity or "normal"
+
+
+def index(resource: dict[str, Any], *, resource_id: uuid.UUID | None = None) -> IndexFields:
+    resource_type = resource["resourceType"]
+    out = IndexFields()
+    codings: list[dict[str, Any]] = []
+    refs: list[str] = []
+    _walk(resource, codings, refs)
+
+    if resource_type == "Patient":
+        if resource_id is not None:
+            out.compartments = [resource_id]
+    else:
+        seen: list[uuid.UUID] = []
+        for path in COMPARTMENT_PATHS.get(resource_type, ()):
+            patient = patient_id_from_reference((resource.get(path) or {}).get("reference"))
+            if patient is not None and patient not in seen:
+                seen.append(patient)
+        out.compartments = seen
+
+    tokens: list[str] = []
+    for coding in codings:
+        system = coding["system"]
+        code = coding.get("code", coding.get("value"))
+        tokens.append(f"{system}|{code}")
+        tokens.append(f"|{code}")
+    status = resource.get("status")
+    if isinstance(status, str):
+        out.status = status
+    out.tokens = sorted(set(tokens))
+    out.refs = sorted(set(refs))
+    out.category, out.sensitivity = _category(resource_type, resource, codings)
+    _dates(resource_type, resource, out)
+
+    quantity = resource.get("valueQuantity")
+    if isinstance(quantity, dict) and "value" in quantity:
+        try:
+            out.quantity_value = Decimal(str(quantity["value"]))
+        except InvalidOperation:
+            out.quantity_value = None
+        out.quantity_code = str(quantity.get("code") or quantity.get("unit") or "")
+    return out
