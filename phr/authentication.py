@@ -16,7 +16,7 @@ from rest_framework.request import Request
 
 from phr.models import ApiToken
 
-TOKEN_PREFIX = "hgk_"
+TOKEN_PREFIX = "hgk_"  # noqa: S105 (a public prefix, not a secret)
 
 
 def hash_token(secret: str) -> str:

@@ -143,7 +143,9 @@ def _dates(resource_type: str, resource: dict[str, Any], out: IndexFields) -> No
             return
 
 
-def _category(resource_type: str, resource: dict[str, Any], codings: list[dict[str, Any]]) -> tuple[str, str]:
+def _category(
+    resource_type: str, resource: dict[str, Any], codings: list[dict[str, Any]]
+) -> tuple[str, str]:
     """Data category and sensitivity: meta tags first (the writer knew the
     context), then the dictionary item of the resource's code, then the
     resource type."""

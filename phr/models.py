@@ -266,6 +266,9 @@ class Guardianship(models.Model):
             models.Index(fields=["guardian", "valid_to"], name="phr_guardianship_guardian"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.guardian} → {self.child_id}"
+
 
 class ResidencyQuerySet(models.QuerySet["Residency"]):
     def current(self, at: Any = None) -> ResidencyQuerySet:
@@ -297,6 +300,9 @@ class Residency(models.Model):
             models.Index(fields=["municipality", "valid_to"], name="phr_residency_municipality"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.patient_id} @ {self.municipality}"
+
 
 class PatientLink(models.Model):
     """Two Patient records found to be one person: `merged` was folded into
@@ -312,6 +318,9 @@ class PatientLink(models.Model):
     undone_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.PROTECT, null=True, blank=True, related_name="+"
     )
+
+    def __str__(self) -> str:
+        return f"{self.merged_id} → {self.survivor_id}"
 
 
 # --------------------------------------------------------------------------
@@ -519,6 +528,9 @@ class ResourceHistory(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}/_history/{self.version}"
+
 
 # --------------------------------------------------------------------------
 # Audit (the table itself is created by migration 0002: partitioned by month,
@@ -560,6 +572,9 @@ class AuditEvent(models.Model):
         managed = False
         db_table = "phr_auditevent"
 
+    def __str__(self) -> str:
+        return f"{self.occurred_at} {self.action} {self.outcome}"
+
 
 class AuditSeal(models.Model):
     """A tamper-evidence seal over one interval of the audit log: the hash of
@@ -574,3 +589,6 @@ class AuditSeal(models.Model):
 
     class Meta:
         ordering = ["period_end"]
+
+    def __str__(self) -> str:
+        return f"seal {self.period_start}–{self.period_end}"
