@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,3 +19,84 @@ def _celery_eager(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_eager_propagates = True
     yield
     celery_app.conf.task_always_eager = previous
+
+
+# --------------------------------------------------------------------------
+# Personas (healthchecks style): the mother owns her records and is guardian
+# of the child; the father is the child's other guardian (not the mother's
+# records); a clinic member, a municipal member (the family's municipality),
+# another municipality's member, a staff member without MFA, a stranger.
+# --------------------------------------------------------------------------
+
+from tests import factories as f  # noqa: E402
+
+
+@pytest.fixture
+def municipality(db: None) -> Any:
+    return f.MunicipalityFactory()
+
+
+@pytest.fixture
+def clinic(db: None) -> Any:
+    return f.ClinicFactory()
+
+
+@pytest.fixture
+def mother(db: None) -> Any:
+    return f.UserFactory(email="mother@example.jp", display_name="前橋 花子")
+
+
+@pytest.fixture
+def mother_patient(mother: Any, municipality: Any) -> Any:
+    from phr.models import Patient
+    from phr.services import residency_add
+
+    patient = f.make_patient(kind=Patient.Kind.ADULT, given="花子", account=mother)
+    residency_add(patient=patient, municipality=municipality, resident_number="M-1")
+    return patient
+
+
+@pytest.fixture
+def child(mother: Any, mother_patient: Any, municipality: Any) -> Any:
+    from phr.models import Guardianship
+    from phr.services import guardianship_add, residency_add
+
+    patient = f.make_patient(given="はる")
+    guardianship_add(guardian=mother, child=patient, relationship=Guardianship.Relationship.MOTHER)
+    residency_add(patient=patient, municipality=municipality, resident_number="C-1")
+    return patient
+
+
+@pytest.fixture
+def father(db: None, child: Any) -> Any:
+    from phr.models import Guardianship
+    from phr.services import guardianship_add
+
+    user = f.UserFactory(email="father@example.jp")
+    guardianship_add(guardian=user, child=child, relationship=Guardianship.Relationship.FATHER)
+    return user
+
+
+@pytest.fixture
+def clinician(clinic: Any) -> Any:
+    return f.make_member(f.Role.CLINIC_STAFF, clinic)
+
+
+@pytest.fixture
+def municipal_officer(municipality: Any) -> Any:
+    return f.make_member(f.Role.MUNICIPAL_STAFF, municipality)
+
+
+@pytest.fixture
+def other_municipal_officer(db: None) -> Any:
+    return f.make_member(f.Role.MUNICIPAL_STAFF, f.MunicipalityFactory())
+
+
+@pytest.fixture
+def staff_without_mfa(municipality: Any) -> Any:
+    return f.make_member(f.Role.MUNICIPAL_STAFF, municipality, mfa=False)
+
+
+@pytest.fixture
+def stranger(db: None) -> Any:
+    return f.UserFactory(email="stranger@example.jp")
