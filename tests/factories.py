@@ -13,6 +13,7 @@ from allauth.mfa.models import Authenticator
 from phr import services, store
 from phr.identifiers import municipality_check_digit, with_luhn_digit
 from phr.models import Membership, Organization, Patient, Provenance, Role, User
+from phr.terminology import CATEGORY_SYSTEM
 
 PASSWORD = "correct horse battery staple 2026"
 
@@ -114,9 +115,7 @@ def observation(
         },
     }
     if category:
-        resource["meta"] = {
-            "tag": [{"system": "https://hagukumi.jp/fhir/CodeSystem/data-category", "code": category}]
-        }
+        resource["meta"] = {"tag": [{"system": CATEGORY_SYSTEM, "code": category}]}
     return resource
 
 
