@@ -8,3 +8,7 @@ class PhrConfig(AppConfig):
     name = "phr"
     verbose_name = _("Hagukumi PHR")
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Job handlers register themselves on import.
+        from phr import ingest  # noqa: F401

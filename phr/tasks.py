@@ -1,0 +1,27 @@
+"""Celery tasks: thin, given ids, safe to run twice (STYLE.md)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from phr import audit, jobs
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: int) -> str:
+    return jobs.job_run(job_id=job_id)
+
+
+@shared_task
+def sweep_expired_leases() -> int:
+    return len(jobs.sweep_expired_leases())
+
+
+@shared_task
+def audit_seal() -> bool:
+    return audit.audit_seal() is not None
+
+
+@shared_task
+def audit_maintain_partitions() -> int:
+    return len(audit.audit_maintain_partitions())
