@@ -134,7 +134,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 # A job row's lease: a worker renews it per chunk; the sweeper re-queues a
 # job whose lease ran out (its worker died).
-JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 300, minimum=5)
+JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 300, minimum=2)
 
 if REDIS_URL:
     CACHES = {

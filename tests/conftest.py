@@ -100,3 +100,20 @@ def staff_without_mfa(municipality: Any) -> Any:
 @pytest.fixture
 def stranger(db: None) -> Any:
     return f.UserFactory(email="stranger@example.jp")
+
+
+# --------------------------------------------------------------------------
+# Background work: tests marked `worker` start a real Celery worker process
+# on REDIS_URL; without REDIS_URL they are skipped (and listed by -ra).
+# --------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import os
+
+    if os.environ.get("REDIS_URL"):
+        return
+    skip = pytest.mark.skip(reason="needs REDIS_URL: starts a real Celery worker on Redis")
+    for item in items:
+        if item.get_closest_marker("worker") is not None:
+            item.add_marker(skip)
