@@ -5,10 +5,15 @@
   derived from it (uuid5), so writing the same source again lands on the
   same row. A new version is written only when the canonical content
   changed (sorted keys, no whitespace, no meta.versionId/lastUpdated).
-  Concurrent writers of one key end with one record: INSERT … ON CONFLICT.
-- The bulk path COPYs a chunk into a temporary staging table and upserts
-  from it in one statement that also writes history; the single path runs
-  the same statement over a VALUES list.
+  Concurrent writers of one key end with one record: INSERT … ON CONFLICT,
+  or a unique violation that sends the chunk down that path.
+- The bulk path (`write_staged(copy=True)`) first reads the chunk's ids
+  that already exist (id, type, hash): unchanged rows are skipped before
+  anything is sent (so a replay only reads), ids that are new are COPYed
+  straight into the resource and history tables, and changed rows are
+  COPYed into a temporary staging table and upserted from it in one
+  statement that also writes history. The single path runs that statement
+  over a VALUES list.
 - `record_delete` writes a tombstone version; `records_purge` removes a
   patient's records and their history for a lawful deletion (audited).
 
@@ -17,17 +22,17 @@ Reads are in phr/selectors.py; who may read is decided by sharing/access.py.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from phr import indexing
 from phr.models import Provenance, Resource, ResourceHistory
@@ -77,27 +82,38 @@ STAGE_TYPES = (
     "numeric(18,6)",
     "varchar(32)",
 )
-_INDEX_COLUMNS = STAGE_COLUMNS[4:]
-# Empty text in these columns is '' (not NULL) when COPYed as CSV.
-_TEXT_COLUMNS = [
-    c for c, t in zip(STAGE_COLUMNS, STAGE_TYPES, strict=True) if t.startswith("varchar")
-]
+_INDEX_COLUMNS = STAGE_COLUMNS[6:]
+# The columns a new resource row gets besides the staged ones, in COPY order.
+_NEW_ROW_COLUMNS = (*STAGE_COLUMNS, "version", "last_updated", "deleted", "provenance_id")
+_HISTORY_COLUMNS = (
+    "resource_id",
+    "resource_type",
+    "version",
+    "last_updated",
+    "deleted",
+    "content",
+    "content_hash",
+    "provenance_id",
+)
 
 # One statement: upsert the current rows, and write a history row for each
 # row inserted or changed. Rows whose content did not change are untouched
-# (the WHERE on DO UPDATE), so replaying a batch writes nothing.
+# (the WHERE on DO UPDATE), so replaying a batch writes nothing. ORDER BY
+# makes concurrent writers lock rows in the same order (no deadlock within
+# one statement). lastUpdated only moves forward for one resource, even when
+# the writer's transaction started before the previous version's.
 # The identifiers interpolated here are module constants, never input.
 _UPSERT_SQL = f"""
 WITH changed AS (
     INSERT INTO {RESOURCE_TABLE} AS r (
         {", ".join(STAGE_COLUMNS)}, version, last_updated, deleted, provenance_id
     )
-    SELECT {", ".join(f"s.{c}" for c in STAGE_COLUMNS)}, 1, %(now)s, false, %(provenance)s
+    SELECT {", ".join(f"s.{c}" for c in STAGE_COLUMNS)}, 1, now(), false, %(provenance)s
     FROM {{source}}
     ORDER BY s.id
     ON CONFLICT (id) DO UPDATE SET
         version = r.version + 1,
-        last_updated = EXCLUDED.last_updated,
+        last_updated = GREATEST(EXCLUDED.last_updated, r.last_updated + interval '1 microsecond'),
         deleted = false,
         provenance_id = EXCLUDED.provenance_id,
         content = EXCLUDED.content,
@@ -117,6 +133,20 @@ FROM changed
 RETURNING resource_id, version
 """  # noqa: S608
 
+_STAGE_TABLE = "phr_stage"
+_CREATE_STAGE_SQL = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_TABLE} ("
+    + ", ".join(f"{c} {t}" for c, t in zip(STAGE_COLUMNS, STAGE_TYPES, strict=True))
+    + ") ON COMMIT DELETE ROWS"
+)
+_COPY_STAGE_SQL = f"COPY {_STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
+_COPY_RESOURCE_SQL = f"COPY {RESOURCE_TABLE} ({', '.join(_NEW_ROW_COLUMNS)}) FROM STDIN"
+_COPY_HISTORY_SQL = f"COPY {HISTORY_TABLE} ({', '.join(_HISTORY_COLUMNS)}) FROM STDIN"
+_EXISTING_SQL = (
+    f"SELECT id, resource_type, content_hash, deleted, version FROM {RESOURCE_TABLE} "  # noqa: S608
+    "WHERE id = ANY(%s::uuid[])"
+)
+
 
 class StoreError(Exception):
     """A write the store refuses (e.g. an id that belongs to another type)."""
@@ -133,13 +163,25 @@ class Source:
 
 @dataclass
 class Staged:
+    """One resource ready to write: its id, canonical JSON and hash.
+
+    The search columns (`fields`) are computed on first use: a bulk write
+    needs them only for rows that changed, so a replay never indexes.
+    """
+
     id: uuid.UUID
     resource_type: str
     content: dict[str, Any]
     content_json: str
     content_hash: str
     source: Source | None
-    fields: indexing.IndexFields
+    _fields: indexing.IndexFields | None = None
+
+    @property
+    def fields(self) -> indexing.IndexFields:
+        if self._fields is None:
+            self._fields = indexing.index(self.content, resource_id=self.id)
+        return self._fields
 
 
 @dataclass
@@ -185,7 +227,8 @@ def stage(
     source: Source | None = None,
     resource_id: uuid.UUID | None = None,
 ) -> Staged:
-    """Prepare one resource for writing: id, canonical JSON, hash, index."""
+    """Prepare one resource for writing: id, canonical JSON and hash (the
+    search columns follow on demand, see Staged)."""
     resource_type = resource.get("resourceType")
     if resource_type not in indexing.SUPPORTED_TYPES:
         raise StoreError(f"unsupported resource type {resource_type!r}")
@@ -193,7 +236,10 @@ def stage(
         if source is not None:
             resource_id = source_resource_id(resource_type, source)
         elif resource.get("id"):
-            resource_id = uuid.UUID(str(resource["id"]))
+            try:
+                resource_id = uuid.UUID(str(resource["id"]))
+            except ValueError:
+                raise StoreError(f"resource id {resource['id']!r} is not a UUID") from None
         else:
             resource_id = uuid.uuid4()
     content = canonical_content(resource)
@@ -205,16 +251,29 @@ def stage(
         content_json=raw.decode(),
         content_hash=hashlib.sha256(raw).hexdigest(),
         source=source,
-        fields=indexing.index(content, resource_id=resource_id),
     )
 
 
+# --------------------------------------------------------------------------
+# Rows as parameters (the VALUES path) and as COPY text (the bulk path)
+# --------------------------------------------------------------------------
+
+
 def _pg_array(values: Sequence[object]) -> str:
-    parts = []
-    for value in values:
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        parts.append(f'"{text}"')
-    return "{" + ",".join(parts) + "}"
+    """A PostgreSQL array literal with every element quoted."""
+    if not values:
+        return "{}"
+    text = '","'.join(map(str, values))
+    # The separators hold 2 * (n - 1) quotes; any more come from the values.
+    if "\\" in text or text.count('"') != 2 * (len(values) - 1):
+        parts = [str(v).replace("\\", "\\\\").replace('"', '\\"') for v in values]
+        text = '","'.join(parts)
+    return '{"' + text + '"}'
+
+
+def _uuid_array(ids: Iterable[uuid.UUID]) -> str:
+    """A uuid[] literal: one short parameter instead of one per id."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -244,6 +303,58 @@ def _row(item: Staged) -> list[object]:
     ]
 
 
+# COPY's text format: backslash, tab, newline and carriage return are
+# escaped; \N is NULL. Canonical JSON (orjson) never contains a raw tab or
+# newline (JSON escapes control characters), so only its backslashes need
+# doubling.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+
+def _copy_text(value: str) -> str:
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _copy_datetime(value: datetime | None) -> str:
+    return _NULL if value is None else value.isoformat()
+
+
+def _copy_decimal(value: Decimal | None) -> str:
+    return _NULL if value is None else str(value)
+
+
+def _stage_line(item: Staged) -> str:
+    """The staged columns of one row, as a line of COPY text (no newline)."""
+    f = item.fields
+    source = item.source
+    content = item.content_json
+    if "\\" in content:
+        content = content.replace("\\", "\\\\")
+    return "\t".join(
+        (
+            str(item.id),
+            item.resource_type,
+            content,
+            item.content_hash,
+            _copy_text(source.system) if source else "",
+            _copy_text(source.value) if source else "",
+            _pg_array(f.compartments),
+            _copy_text(_pg_array(f.tokens)),
+            _copy_text(_pg_array(f.refs)),
+            _copy_text(f.status),
+            _copy_text(f.category),
+            _copy_text(f.sensitivity),
+            _copy_datetime(f.date_start),
+            _copy_datetime(f.date_end),
+            f.date_precision,
+            _copy_decimal(f.quantity_value),
+            _copy_text(f.quantity_code),
+        )
+    )
+
+
 def _dedupe(items: Iterable[Staged]) -> list[Staged]:
     """Last write wins within one call: one statement may not touch a row twice."""
     by_id: dict[uuid.UUID, Staged] = {}
@@ -252,12 +363,10 @@ def _dedupe(items: Iterable[Staged]) -> list[Staged]:
     return list(by_id.values())
 
 
-def _result(items: list[Staged], written: list[tuple[uuid.UUID, int]]) -> WriteResult:
-    result = WriteResult()
-    versions = dict(written)
-    result.versions = versions
+def _result(items: list[Staged], written: dict[uuid.UUID, int]) -> WriteResult:
+    result = WriteResult(versions=written)
     for item in items:
-        version = versions.get(item.id)
+        version = written.get(item.id)
         if version is None:
             result.unchanged.append(item.id)
         elif version == 1:
@@ -267,66 +376,146 @@ def _result(items: list[Staged], written: list[tuple[uuid.UUID, int]]) -> WriteR
     return result
 
 
-def _check_types(items: list[Staged]) -> None:
+def _refuse_type_change(items: Sequence[Staged], existing: dict[uuid.UUID, str]) -> None:
     """An id may not change type (a PUT of an Observation over a Patient id)."""
-    ids = [item.id for item in items]
-    clash = (
-        Resource.objects.filter(id__in=ids)
-        .values_list("id", "resource_type")
+    for item in items:
+        resource_type = existing.get(item.id)
+        if resource_type is not None and resource_type != item.resource_type:
+            raise StoreError(f"{item.id} is a {resource_type}, not a {item.resource_type}")
+
+
+def _check_not_written(cursor: Any, items: Sequence[Staged], written: dict[uuid.UUID, int]) -> None:
+    """Rows the upsert left alone are unchanged, or belong to another type
+    (the upsert's WHERE skips those; a concurrent writer may have created
+    one after we looked). Only runs when the upsert skipped something."""
+    skipped = [item for item in items if item.id not in written]
+    if not skipped:
+        return
+    cursor.execute(_EXISTING_SQL, [_uuid_array(item.id for item in skipped)])
+    _refuse_type_change(skipped, {row[0]: row[1] for row in cursor.fetchall()})
+
+
+def _copy(cursor: Any, sql: str, lines: Iterable[str]) -> None:
+    buffer = io.StringIO()
+    for line in lines:
+        buffer.write(line)
+        buffer.write("\n")
+    buffer.seek(0)
+    # psycopg2's copy_expert is not wrapped by Django: convert its errors
+    # (a unique violation above all) into django.db ones.
+    with connection.wrap_database_errors:
+        cursor.copy_expert(sql, buffer, size=1 << 20)
+
+
+def _upsert_values(
+    cursor: Any, items: Sequence[Staged], provenance_id: int
+) -> dict[uuid.UUID, int]:
+    params: dict[str, Any] = {"provenance": provenance_id}
+    rows = []
+    for n, item in enumerate(items):
+        names = []
+        for column, kind, value in zip(STAGE_COLUMNS, STAGE_TYPES, _row(item), strict=True):
+            params[f"{column}_{n}"] = value
+            names.append(f"%({column}_{n})s::{kind}")
+        rows.append("(" + ", ".join(names) + ")")
+    sql = _UPSERT_SQL.replace(
+        "{source}", f"(VALUES {', '.join(rows)}) AS s({', '.join(STAGE_COLUMNS)})"
     )
-    wanted = {item.id: item.resource_type for item in items}
-    for resource_id, resource_type in clash:
-        if wanted[resource_id] != resource_type:
-            raise StoreError(f"{resource_id} is a {resource_type}, not a {wanted[resource_id]}")
+    cursor.execute(sql, params)
+    return dict(cursor.fetchall())
 
 
-def _now(cursor: Any) -> datetime:
+def _upsert_staged(
+    cursor: Any, items: Sequence[Staged], provenance_id: int
+) -> dict[uuid.UUID, int]:
+    cursor.execute(_CREATE_STAGE_SQL)
+    # ON COMMIT DELETE ROWS empties it at commit; a caller's transaction may
+    # run several chunks, so empty it here too.
+    cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+    _copy(cursor, _COPY_STAGE_SQL, map(_stage_line, items))
+    cursor.execute(
+        _UPSERT_SQL.replace("{source}", f"{_STAGE_TABLE} AS s"), {"provenance": provenance_id}
+    )
+    return dict(cursor.fetchall())
+
+
+def _insert_fresh(
+    cursor: Any, items: Sequence[Staged], provenance_id: int
+) -> dict[uuid.UUID, int] | None:
+    """COPY rows whose ids did not exist straight into the resource and
+    history tables, as version 1. Returns None, having written nothing, when
+    a concurrent writer created one of the ids meanwhile (unique
+    violation): the caller then upserts them instead.
+
+    Rows go in id order so that two writers of overlapping new ids wait for
+    each other instead of deadlocking.
+    """
     cursor.execute("SELECT now()")
-    value: datetime = cursor.fetchone()[0]
-    return value
+    now = cursor.fetchone()[0].isoformat()
+    tail = f"\t1\t{now}\tf\t{provenance_id}"
+    ordered = sorted(items, key=lambda item: item.id)
+    resource_lines = []
+    history_lines = []
+    for item in ordered:
+        line = _stage_line(item)
+        resource_lines.append(line + tail)
+        content = item.content_json
+        if "\\" in content:
+            content = content.replace("\\", "\\\\")
+        history_lines.append(
+            f"{item.id}\t{item.resource_type}\t1\t{now}\tf\t{content}\t"
+            f"{item.content_hash}\t{provenance_id}"
+        )
+    try:
+        with transaction.atomic():
+            _copy(cursor, _COPY_RESOURCE_SQL, resource_lines)
+            _copy(cursor, _COPY_HISTORY_SQL, history_lines)
+    except IntegrityError:
+        return None
+    return dict.fromkeys((item.id for item in ordered), 1)
 
 
 def write_staged(items: Sequence[Staged], *, provenance: Provenance, copy: bool) -> WriteResult:
-    """Upsert staged items in one statement (inside the caller's transaction
-    or a new one). `copy` chooses COPY into a temp table (large chunks) or
-    a VALUES list (a few rows)."""
+    """Upsert staged items (inside the caller's transaction or a new one).
+
+    `copy` chooses the bulk path (large chunks: read what exists, COPY the
+    new rows, COPY + upsert the changed ones) or one upsert over a VALUES
+    list (a few rows).
+    """
     unique = _dedupe(items)
     if not unique:
         return WriteResult()
+    provenance_id = provenance.pk
     with transaction.atomic(), connection.cursor() as cursor:
-        _check_types(unique)
-        params: dict[str, Any] = {"now": _now(cursor), "provenance": provenance.pk}
-        if copy:
-            cursor.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS phr_stage ("
-                + ", ".join(f"{c} {t}" for c, t in zip(STAGE_COLUMNS, STAGE_TYPES, strict=True))
-                + ") ON COMMIT DELETE ROWS"
-            )
-            cursor.execute("TRUNCATE phr_stage")
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            for item in unique:
-                writer.writerow(_row(item))
-            buffer.seek(0)
-            cursor.copy_expert(
-                f"COPY phr_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN WITH (FORMAT csv, "
-                f"FORCE_NOT_NULL ({', '.join(_TEXT_COLUMNS)}))",
-                buffer,
-            )
-            sql = _UPSERT_SQL.replace("{source}", "phr_stage AS s")
-        else:
-            rows = []
-            for n, item in enumerate(unique):
-                names = []
-                for column, kind, value in zip(STAGE_COLUMNS, STAGE_TYPES, _row(item), strict=True):
-                    params[f"{column}_{n}"] = value
-                    names.append(f"%({column}_{n})s::{kind}")
-                rows.append("(" + ", ".join(names) + ")")
-            sql = _UPSERT_SQL.replace(
-                "{source}", f"(VALUES {', '.join(rows)}) AS s({', '.join(STAGE_COLUMNS)})"
-            )
-        cursor.execute(sql, params)
-        written = [(uuid.UUID(str(rid)), version) for rid, version in cursor.fetchall()]
+        if not copy:
+            written = _upsert_values(cursor, unique, provenance_id)
+            _check_not_written(cursor, unique, written)
+            return _result(unique, written)
+
+        cursor.execute(_EXISTING_SQL, [_uuid_array(item.id for item in unique)])
+        existing = {row[0]: row for row in cursor.fetchall()}
+        _refuse_type_change(unique, {rid: row[1] for rid, row in existing.items()})
+        fresh: list[Staged] = []
+        changed: list[Staged] = []
+        for item in unique:
+            row = existing.get(item.id)
+            if row is None:
+                fresh.append(item)
+            elif row[2] != item.content_hash or row[3]:
+                changed.append(item)
+            # else: the same content is stored already; nothing to send.
+
+        written: dict[uuid.UUID, int] = {}
+        if fresh:
+            inserted = _insert_fresh(cursor, fresh, provenance_id)
+            if inserted is None:
+                changed.extend(fresh)
+            else:
+                written.update(inserted)
+        if changed:
+            upserted = _upsert_staged(cursor, changed, provenance_id)
+            _check_not_written(cursor, changed, upserted)
+            written.update(upserted)
     return _result(unique, written)
 
 
@@ -355,9 +544,14 @@ def records_write_bulk(
     provenance: Provenance,
     chunk_size: int = BULK_CHUNK,
 ) -> WriteResult:
-    """Write many resources through COPY + upsert, chunk by chunk, all in
+    """Write many resources through COPY (+ upsert), chunk by chunk, all in
     the caller's transaction (a job commits per chunk by calling this once
-    per chunk)."""
+    per chunk).
+
+    Several chunks in one transaction hold their row locks to the end:
+    two such callers writing overlapping ids in different orders can
+    deadlock (PostgreSQL then aborts one). Jobs commit per chunk.
+    """
     total = WriteResult()
     chunk: list[Staged] = []
 
@@ -389,7 +583,8 @@ def record_delete(
             f"""
             WITH gone AS (
                 UPDATE {RESOURCE_TABLE} SET deleted = true, version = version + 1,
-                       last_updated = now(), provenance_id = %s
+                       last_updated = GREATEST(now(), last_updated + interval '1 microsecond'),
+                       provenance_id = %s
                 WHERE id = %s AND resource_type = %s AND NOT deleted
                 RETURNING id, resource_type, version, last_updated, content, content_hash
             )
@@ -426,20 +621,69 @@ def records_purge(*, patient_id: uuid.UUID) -> int:
     return len(ids)
 
 
-def reindex_all(*, batch_size: int = 2000) -> int:
-    """Recompute every row's search columns from its JSON (manage.py reindex)."""
+REINDEX_BATCH = 5000
+_REINDEX_TABLE = "phr_reindex"
+_REINDEX_COLUMNS = ("id", *_INDEX_COLUMNS)
+_REINDEX_TYPES = ("uuid", *STAGE_TYPES[6:])
+
+
+def _index_line(resource_id: uuid.UUID, fields: indexing.IndexFields) -> str:
+    return "\t".join(
+        (
+            str(resource_id),
+            _pg_array(fields.compartments),
+            _copy_text(_pg_array(fields.tokens)),
+            _copy_text(_pg_array(fields.refs)),
+            _copy_text(fields.status),
+            _copy_text(fields.category),
+            _copy_text(fields.sensitivity),
+            _copy_datetime(fields.date_start),
+            _copy_datetime(fields.date_end),
+            fields.date_precision,
+            _copy_decimal(fields.quantity_value),
+            _copy_text(fields.quantity_code),
+        )
+    )
+
+
+def reindex_all(*, batch_size: int = REINDEX_BATCH) -> int:
+    """Recompute every row's search columns from its JSON (manage.py
+    reindex); return the number of rows examined.
+
+    Batches in id order, each in its own transaction; a row is rewritten
+    only when a column actually differs, so reindexing a sound table writes
+    nothing.
+    """
     count = 0
-    last: uuid.UUID | None = None
+    last = uuid.UUID(int=0)
+    assignments = ", ".join(f"{c} = x.{c}" for c in _INDEX_COLUMNS)
+    differs = " OR ".join(f"r.{c} IS DISTINCT FROM x.{c}" for c in _INDEX_COLUMNS)
     while True:
-        query = Resource.objects.order_by("id").only("id", "content")
-        if last is not None:
-            query = query.filter(id__gt=last)
-        rows = list(query[:batch_size])
-        if not rows:
-            return count
-        with transaction.atomic():
-            for row in rows:
-                fields = indexing.index(row.content, resource_id=row.id)
-                Resource.objects.filter(id=row.id).update(**fields.__dict__)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, content::text FROM {RESOURCE_TABLE} "  # noqa: S608
+                "WHERE id > %s ORDER BY id LIMIT %s",
+                [last, batch_size],
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                return count
+            lines = [
+                _index_line(rid, indexing.index(orjson.loads(text), resource_id=rid))
+                for rid, text in rows
+            ]
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_REINDEX_TABLE} ("
+                + ", ".join(
+                    f"{c} {t}" for c, t in zip(_REINDEX_COLUMNS, _REINDEX_TYPES, strict=True)
+                )
+                + ") ON COMMIT DELETE ROWS"
+            )
+            cursor.execute(f"TRUNCATE {_REINDEX_TABLE}")
+            _copy(cursor, f"COPY {_REINDEX_TABLE} FROM STDIN", lines)
+            cursor.execute(
+                f"UPDATE {RESOURCE_TABLE} AS r SET {assignments} "  # noqa: S608
+                f"FROM {_REINDEX_TABLE} AS x WHERE r.id = x.id AND ({differs})"
+            )
         count += len(rows)
-        last = rows[-1].id
+        last = rows[-1][0]
