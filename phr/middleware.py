@@ -89,3 +89,36 @@ class NoStoreMiddleware:
             response["Cache-Control"] = "no-store"
             response["Pragma"] = "no-cache"
         return response
+
+
+class StaffMfaSetupMiddleware:
+    """Send staff who have no authenticator app yet to set one up.
+
+    Staff (organization members, platform admins) must use MFA; until they
+    have TOTP, sharing/access.py shows them no patient data, and this sends
+    every page they open to the TOTP activation page instead. Account pages
+    (login, logout, re-authentication, the MFA pages themselves), static
+    files and the language switch stay reachable, and so does the API,
+    which answers with data or errors, never with a setup page.
+
+    Goes after AccountMiddleware and IdleTimeoutMiddleware, so that an idle
+    session is logged out before anything else happens.
+    """
+
+    EXEMPT_PREFIXES = ("/accounts/", "/i18n/", "/fhir/", "/api/")
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        if (
+            user is not None
+            and user.is_authenticated
+            and not request.path.startswith((*self.EXEMPT_PREFIXES, settings.STATIC_URL))
+        ):
+            from phr.roles import has_mfa, is_staff_user
+
+            if is_staff_user(user) and not has_mfa(user):
+                return redirect("mfa_activate_totp")
+        return self.get_response(request)

@@ -8,4 +8,5 @@ app_name = "phr"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("people/<uuid:patient_id>/", views.person, name="person"),
 ]
