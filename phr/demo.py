@@ -66,12 +66,16 @@ class OrgSpec:
 ORGANIZATIONS = (
     OrgSpec(Organization.Kind.MUNICIPALITY, MAEBASHI_CODE, "前橋市", "Maebashi City"),
     OrgSpec(
-        Organization.Kind.CLINIC, CLINIC_CODE, "はぐくみレディースクリニック",
+        Organization.Kind.CLINIC,
+        CLINIC_CODE,
+        "はぐくみレディースクリニック",
         "Hagukumi Ladies' Clinic",
     ),
     OrgSpec(Organization.Kind.EMERGENCY, EMS_CODE, "前橋市消防局", "Maebashi City Fire Department"),
     OrgSpec(
-        Organization.Kind.RESEARCH, RESEARCH_CODE, "群馬大学 母子保健研究室",
+        Organization.Kind.RESEARCH,
+        RESEARCH_CODE,
+        "群馬大学 母子保健研究室",
         "Gunma University Maternal and Child Health Laboratory",
     ),
 )
@@ -97,7 +101,10 @@ ACCOUNTS = (
     AccountSpec(PARENT_EMAIL, "前橋 花子", "parent"),
     AccountSpec(f"clinic@{DOMAIN}", "伊勢崎 由美", Role.CLINIC_STAFF, Organization.Kind.CLINIC),
     AccountSpec(
-        f"municipal@{DOMAIN}", "桐生 健一", Role.MUNICIPAL_STAFF, Organization.Kind.MUNICIPALITY,
+        f"municipal@{DOMAIN}",
+        "桐生 健一",
+        Role.MUNICIPAL_STAFF,
+        Organization.Kind.MUNICIPALITY,
         privacy_officer=True,
     ),
     AccountSpec(
@@ -456,16 +463,22 @@ def child_birth_items(*, child: uuid.UUID, birth: date) -> list[Item]:
     return [
         (
             _observation(
-                key="birth_weight", subject=child, when=birth,
-                category=Category.INFANT_CHECKUPS, obs_category="vital-signs",
+                key="birth_weight",
+                subject=child,
+                when=birth,
+                category=Category.INFANT_CHECKUPS,
+                obs_category="vital-signs",
                 valueQuantity=_quantity(round(weight_kg * 1000), "g"),
             ),
             store.Source(CHECKUP_SYSTEM, f"{base}|birth_weight"),
         ),
         (
             _observation(
-                key="gestational_age", subject=child, when=birth,
-                category=Category.INFANT_CHECKUPS, obs_category="exam",
+                key="gestational_age",
+                subject=child,
+                when=birth,
+                category=Category.INFANT_CHECKUPS,
+                obs_category="exam",
                 valueQuantity=_quantity(39, "wk"),
             ),
             store.Source(CHECKUP_SYSTEM, f"{base}|gestational_age"),
@@ -489,10 +502,14 @@ def checkup_items(
         items.append(
             (
                 _encounter(
-                    subject=child, when=when, category=Category.INFANT_CHECKUPS,
-                    type_text=checkup.name, provider=municipality,
+                    subject=child,
+                    when=when,
+                    category=Category.INFANT_CHECKUPS,
+                    type_text=checkup.name,
+                    provider=municipality,
                     type_coding={
-                        "system": CHECKUP_TYPE_SYSTEM, "code": checkup.kind,
+                        "system": CHECKUP_TYPE_SYSTEM,
+                        "code": checkup.kind,
                         "display": checkup.name,
                     },
                 ),
@@ -512,8 +529,12 @@ def checkup_items(
             items.append(
                 (
                     _observation(
-                        key=key, subject=child, when=when, encounter=encounter_id,
-                        category=Category.INFANT_CHECKUPS, obs_category=obs_category,
+                        key=key,
+                        subject=child,
+                        when=when,
+                        encounter=encounter_id,
+                        category=Category.INFANT_CHECKUPS,
+                        obs_category=obs_category,
                         valueQuantity=quantity,
                     ),
                     store.Source(CHECKUP_SYSTEM, f"{base}|{key}"),
@@ -522,12 +543,19 @@ def checkup_items(
         items.append(
             (
                 _observation(
-                    key="checkup_judgement", subject=child, when=when, encounter=encounter_id,
-                    category=Category.INFANT_CHECKUPS, obs_category="exam",
+                    key="checkup_judgement",
+                    subject=child,
+                    when=when,
+                    encounter=encounter_id,
+                    category=Category.INFANT_CHECKUPS,
+                    obs_category="exam",
                     valueCodeableConcept={
                         "coding": [
-                            {"system": JUDGEMENT_SYSTEM, "code": "no-findings",
-                             "display": "所見なし"}
+                            {
+                                "system": JUDGEMENT_SYSTEM,
+                                "code": "no-findings",
+                                "display": "所見なし",
+                            }
                         ],
                         "text": "所見なし",
                     },
@@ -570,9 +598,7 @@ def vaccination_items(*, child: uuid.UUID, birth: date, anchor: date) -> list[It
     return items
 
 
-def pregnancy_items(
-    *, mother: uuid.UUID, anchor: date, clinic: Organization
-) -> list[Item]:
+def pregnancy_items(*, mother: uuid.UUID, anchor: date, clinic: Organization) -> list[Item]:
     """The current pregnancy at the clinic: the episode, the estimated
     delivery date, and two prenatal checkups four weeks apart."""
     edd = due_date(anchor)
@@ -589,8 +615,7 @@ def pregnancy_items(
                 "type": [
                     {
                         "coding": [
-                            {"system": EPISODE_TYPE_SYSTEM, "code": "pregnancy",
-                             "display": "妊娠"}
+                            {"system": EPISODE_TYPE_SYSTEM, "code": "pregnancy", "display": "妊娠"}
                         ],
                         "text": "妊娠",
                     }
@@ -604,8 +629,11 @@ def pregnancy_items(
         (
             # Dated at 10 weeks, when the clinic confirmed the due date.
             _observation(
-                key="edd", subject=mother, when=lmp + timedelta(weeks=10),
-                category=Category.PREGNANCY, valueDateTime=edd.isoformat(),
+                key="edd",
+                subject=mother,
+                when=lmp + timedelta(weeks=10),
+                category=Category.PREGNANCY,
+                valueDateTime=edd.isoformat(),
             ),
             store.Source(PRENATAL_SYSTEM, f"{base}|edd"),
         ),
@@ -619,8 +647,12 @@ def pregnancy_items(
         items.append(
             (
                 _encounter(
-                    subject=mother, when=when, category=Category.PRENATAL_CHECKUPS,
-                    type_text="妊婦健康診査", provider=clinic, episode=episode_id,
+                    subject=mother,
+                    when=when,
+                    category=Category.PRENATAL_CHECKUPS,
+                    type_text="妊婦健康診査",
+                    provider=clinic,
+                    episode=episode_id,
                 ),
                 encounter_source,
             )
@@ -632,7 +664,9 @@ def pregnancy_items(
         # Fundal height ≈ weeks − 2 cm around mid-pregnancy (illustrative).
         fundal = float(max(weeks - 2, 8))
         common: dict[str, Any] = {
-            "subject": mother, "when": when, "encounter": encounter_id,
+            "subject": mother,
+            "when": when,
+            "encounter": encounter_id,
             "category": Category.PRENATAL_CHECKUPS,
         }
         bp_panel = {
@@ -650,10 +684,11 @@ def pregnancy_items(
         observations = (
             ("gestational_age", {"obs_category": "exam", "valueQuantity": _quantity(weeks, "wk")}),
             ("bp_panel", {"obs_category": "vital-signs", **bp_panel}),
-            ("body_weight", {"obs_category": "vital-signs",
-                             "valueQuantity": _quantity(weight, "kg")}),
-            ("fundal_height", {"obs_category": "exam",
-                               "valueQuantity": _quantity(fundal, "cm")}),
+            (
+                "body_weight",
+                {"obs_category": "vital-signs", "valueQuantity": _quantity(weight, "kg")},
+            ),
+            ("fundal_height", {"obs_category": "exam", "valueQuantity": _quantity(fundal, "cm")}),
         )
         for key, value in observations:
             items.append(
@@ -849,8 +884,12 @@ def demo_seed(*, today: date | None = None) -> DemoResult:
     result.anchor = anchor
 
     mother_resource = services.patient_resource(
-        family="前橋", given="花子", family_kana="マエバシ", given_kana="ハナコ",
-        birth_date=date(anchor.year - 32, 6, 12), gender="female",
+        family="前橋",
+        given="花子",
+        family_kana="マエバシ",
+        given_kana="ハナコ",
+        birth_date=date(anchor.year - 32, 6, 12),
+        gender="female",
         identifiers=[
             {"system": RESIDENT_SYSTEM, "value": MOTHER_RESIDENT_NUMBER},
             {"system": MCH_SYSTEM, "value": MOTHER_MCH_NUMBER},
@@ -859,49 +898,66 @@ def demo_seed(*, today: date | None = None) -> DemoResult:
     )
     mother, written = _patient(
         existing=Patient.objects.filter(account=parent).first(),
-        kind=Patient.Kind.ADULT, resource=mother_resource, organization=municipality,
+        kind=Patient.Kind.ADULT,
+        resource=mother_resource,
+        organization=municipality,
         account=parent,
     )
     result.written += written
     services.residency_add(
-        patient=mother, municipality=municipality, resident_number=MOTHER_RESIDENT_NUMBER,
+        patient=mother,
+        municipality=municipality,
+        resident_number=MOTHER_RESIDENT_NUMBER,
         valid_from=date(anchor.year - 5, 4, 1),
     )
 
     child_resource = services.patient_resource(
-        family="前橋", given="陽翔", family_kana="マエバシ", given_kana="ハルト",
-        birth_date=birth, gender="male",
+        family="前橋",
+        given="陽翔",
+        family_kana="マエバシ",
+        given_kana="ハルト",
+        birth_date=birth,
+        gender="male",
         identifiers=[
             {"system": RESIDENT_SYSTEM, "value": CHILD_RESIDENT_NUMBER},
             {"system": MCH_SYSTEM, "value": CHILD_MCH_NUMBER},
         ],
     )
     child, written = _patient(
-        existing=existing_child, kind=Patient.Kind.CHILD, resource=child_resource,
+        existing=existing_child,
+        kind=Patient.Kind.CHILD,
+        resource=child_resource,
         organization=municipality,
     )
     result.written += written
     services.guardianship_add(
-        guardian=parent, child=child, relationship=Guardianship.Relationship.MOTHER,
+        guardian=parent,
+        child=child,
+        relationship=Guardianship.Relationship.MOTHER,
         valid_from=birth,
     )
     services.residency_add(
-        patient=child, municipality=municipality, resident_number=CHILD_RESIDENT_NUMBER,
+        patient=child,
+        municipality=municipality,
+        resident_number=CHILD_RESIDENT_NUMBER,
         valid_from=birth,
     )
     result.mother, result.child = mother, child
 
     result.written += _write(
         pregnancy_items(mother=mother.id, anchor=anchor, clinic=clinic),
-        origin=Provenance.Origin.CLINIC, organization=clinic,
+        origin=Provenance.Origin.CLINIC,
+        organization=clinic,
     )
     result.written += _write(
         child_birth_items(child=child.id, birth=birth)
         + checkup_items(child=child.id, birth=birth, anchor=anchor, municipality=municipality),
-        origin=Provenance.Origin.MUNICIPALITY, organization=municipality,
+        origin=Provenance.Origin.MUNICIPALITY,
+        organization=municipality,
     )
     result.written += _write(
         vaccination_items(child=child.id, birth=birth, anchor=anchor),
-        origin=Provenance.Origin.MUNICIPALITY, organization=municipality,
+        origin=Provenance.Origin.MUNICIPALITY,
+        organization=municipality,
     )
     return result
