@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db.models import F
+from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
 from django.utils.translation import get_language, gettext, gettext_lazy, pgettext_lazy
 
@@ -426,7 +426,19 @@ def timeline_queryset(*, user: Any, patient: Patient) -> Any:
         Resource.objects.filter(visible_records(user), compartments__overlap=[patient.pk])
         .exclude(resource_type="Patient")
         .select_related("provenance", "provenance__agent_org")
-        .order_by(F("date_start").desc(nulls_last=True), "-last_updated", "-id")
+        # Within a day, the checkup or visit comes before what was found at
+        # it, so the day reads like the handbook's page.
+        .order_by(
+            F("date_start").desc(nulls_last=True),
+            Case(
+                When(resource_type="Encounter", then=Value(0)),
+                When(resource_type="EpisodeOfCare", then=Value(1)),
+                default=Value(2),
+                output_field=IntegerField(),
+            ),
+            "-last_updated",
+            "id",
+        )
     )
 
 
