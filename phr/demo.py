@@ -27,7 +27,7 @@ from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from allauth.mfa.utils import decrypt
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from phr import services, store, terminology
 from phr.identifiers import MEDICAL_INSTITUTION_SYSTEM, validate_municipality_code, with_luhn_digit
@@ -823,7 +823,9 @@ def _role_label(spec: AccountSpec, orgs: dict[str, Organization]) -> str:
     if spec.role == "admin":
         return "platform administrator (is_staff, is_superuser)"
     assert spec.org_kind is not None
-    label = f"{Role(spec.role).label}, {orgs[spec.org_kind].name}"
+    # English like the rest of the command's output, whatever the locale.
+    with translation.override("en"):
+        label = f"{Role(spec.role).label}, {orgs[spec.org_kind].name}"
     return label + (" (privacy officer)" if spec.privacy_officer else "")
 
 
