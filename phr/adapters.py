@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.shortcuts import resolve_url
 from django.utils.translation import get_language
 
+from phr.auth import recently_authenticated
 from phr.roles import has_mfa, is_staff_user
 
 
@@ -36,3 +37,13 @@ class AccountAdapter(DefaultAccountAdapter):
         if is_staff_user(request.user) and not has_mfa(request.user):
             return resolve_url("mfa_activate_totp")
         return super().get_login_redirect_url(request)
+
+    def is_reauthentication_required(self, *, app: str, **kwargs: Any) -> bool:
+        """allauth's own sensitive pages (activating TOTP, recovery codes)
+        follow phr.auth's rule: a login in the last few minutes counts, so
+        staff sent to set up TOTP right after logging in are not asked for
+        their password a second time."""
+        required = bool(super().is_reauthentication_required(app=app, **kwargs))
+        if required and self.request is not None and recently_authenticated(self.request):
+            return False
+        return required

@@ -2,15 +2,25 @@
 exports, purges …): the person at the keyboard must have proved who they
 are within the last ACCOUNT_REAUTHENTICATION_TIMEOUT seconds (300).
 
-Built on allauth's reauthentication flow: when the last authentication is
-too old, the view raises allauth's `ReauthenticationRequired`; allauth's
-AccountMiddleware then sends the user to "Confirm access" (password, or
-the authenticator code for MFA users), keeps a POST to replay it, and
-brings the user back to the action.
+Built on allauth's reauthentication flow: a stale request is suspended
+(a POST is kept to be replayed), the user confirms access on allauth's
+page, and allauth brings them back to the action.
 
-Unlike allauth's own `reauthentication_required`, which only counts an
-explicit re-authentication, a fresh login counts too: someone who typed
-their password two minutes ago is not asked for it again.
+What counts as recent:
+- for a user with an authenticator app (all staff): the authenticator
+  code, entered at login or on "Confirm access" — a password alone is not
+  enough for them;
+- for everyone else (parents without MFA): the password, at login or on
+  "Confirm access".
+
+Unlike allauth's own `reauthentication_required`, which counts only an
+explicit re-authentication, a fresh login counts too: someone who logged
+in two minutes ago is not asked again. phr.adapters applies the same rule
+to allauth's own sensitive pages (activating TOTP, recovery codes).
+
+This reads allauth's record of the session's authentications through
+allauth.account.internal (no public API for it in 65.x); the tests in
+tests/phr/test_accounts.py pin the behaviour down across upgrades.
 """
 
 from __future__ import annotations
@@ -21,36 +31,44 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from allauth.account.internal.flows.login import get_authentication_records
-from allauth.core.exceptions import ReauthenticationRequired
+from allauth.account.internal.flows.reauthentication import suspend_request
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+
+from phr.roles import has_mfa
 
 View = TypeVar("View", bound=Callable[..., HttpResponse])
 
 
-def last_authenticated_at(request: HttpRequest) -> float | None:
-    """When this session last proved its user: a login (password, and the
-    second factor for MFA users) or a re-authentication, as a Unix time."""
+def recently_authenticated(request: HttpRequest) -> bool:
+    """Did this session prove its user within the re-authentication
+    timeout, with the factor that user must use (see the module doc)?"""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
-        return None
-    records = get_authentication_records(request, user)
-    moments = [float(r["at"]) for r in records if isinstance(r, dict) and "at" in r]
-    return max(moments, default=None)
-
-
-def recently_authenticated(request: HttpRequest) -> bool:
-    moment = last_authenticated_at(request)
-    if moment is None:
         return False
-    return time.time() - moment < settings.ACCOUNT_REAUTHENTICATION_TIMEOUT
+    now = time.time()
+    limit = settings.ACCOUNT_REAUTHENTICATION_TIMEOUT
+    needs_mfa = has_mfa(user)
+    for record in get_authentication_records(request, user):
+        if not isinstance(record, dict) or "at" not in record:
+            continue
+        if needs_mfa and record.get("method") != "mfa":
+            continue
+        if now - float(record["at"]) < limit:
+            return True
+    return False
+
+
+def reauthentication_url(user: Any) -> str:
+    return reverse("mfa_reauthenticate" if has_mfa(user) else "account_reauthenticate")
 
 
 def sensitive_action(view: View) -> View:
     """Run `view` only for a user who authenticated in the last few minutes;
-    otherwise send them to re-authenticate and then back (a POST is kept
-    and replayed by allauth). Anonymous users go to the login page.
+    otherwise send them to confirm access and then back (a POST is kept and
+    replayed by allauth). Anonymous users go to the login page.
 
     For class-based views use `method_decorator(sensitive_action,
     name="dispatch")`.
@@ -61,7 +79,7 @@ def sensitive_action(view: View) -> View:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not recently_authenticated(request):
-            raise ReauthenticationRequired()
+            return suspend_request(request, reauthentication_url(request.user))
         return view(request, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -215,6 +215,18 @@ def test_it_sends_staff_without_mfa_to_totp_setup_after_login(
     assert response["Location"] == reverse("mfa_activate_totp")
 
 
+def test_it_lets_staff_set_up_totp_right_after_login_without_asking_again(
+    client: Client, staff_without_mfa: User
+) -> None:
+    # A login in the last five minutes counts as a recent authentication
+    # for allauth's own sensitive pages too (phr.adapters).
+    verified(staff_without_mfa)
+    log_in(client, staff_without_mfa.email)
+    response = client.get(reverse("mfa_activate_totp"))
+    assert response.status_code == 200
+    assert 'name="code"' in response.content.decode()
+
+
 def test_it_throttles_repeated_wrong_passwords_for_one_account(
     client: Client, parent: User
 ) -> None:
@@ -322,3 +334,37 @@ def test_it_sends_anonymous_users_to_login_from_a_sensitive_action(client: Clien
     response = client.get("/sensitive/")
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("account_login"))
+
+
+@pytest.fixture
+def mfa_user(db: None) -> User:
+    user = verified(f.UserFactory(email="mfa-user@example.jp"))
+    f.enable_totp(user)
+    return user
+
+
+@pytest.mark.urls("tests.phr.sensitive_urls")
+def test_it_asks_an_mfa_user_for_the_authenticator_code_not_only_the_password(
+    client: Client, mfa_user: User
+) -> None:
+    client.force_login(mfa_user)
+    response = client.get("/sensitive/")
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("mfa_reauthenticate"))
+    # A password alone does not make an MFA user's session fresh.
+    reauthenticate(client)
+    assert client.get("/sensitive/").status_code == 302
+
+    response = client.post(
+        f"{reverse('mfa_reauthenticate')}?next=/sensitive/", {"code": totp_code(mfa_user)}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/sensitive/"
+    assert client.get("/sensitive/").content == b"done GET"
+
+
+@pytest.mark.urls("tests.phr.sensitive_urls")
+def test_it_counts_a_fresh_login_with_the_second_factor(client: Client, mfa_user: User) -> None:
+    log_in(client, mfa_user.email)
+    client.post(reverse("mfa_authenticate"), {"code": totp_code(mfa_user)})
+    assert client.get("/sensitive/").content == b"done GET"
