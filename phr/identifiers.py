@@ -5,7 +5,8 @@
   and the last digit of (11 - remainder). 前橋市 10201 → 102016.
   (総務省「全国地方公共団体コード」仕様; see docs/dataset.md.)
 - 医療機関コード (10 digits, JP Core IdSystem insurance-medical-institution-no):
-  prefecture 2 (01–47) + 点数表番号 1 (1 医科, 3 歯科, 4 調剤, 6 訪問看護)
+  prefecture 2 (01–47) + 点数表番号 1 (1 医科, 2 非保険検診施設, 3 歯科,
+  4 調剤, 6 訪問看護 — JP Core InsuranceOrganizationCategory)
   + the 7-digit code (郡市区 2 + number 4 + 検証番号 1). The check digit is
   computed over all ten digits with the Luhn rule (weights 2 and 1 from the
   right, digit sums of two-digit products), as on the 処方箋 form.
@@ -16,9 +17,12 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-MEDICAL_TABLE_NUMBERS = {"1", "3", "4", "6"}
+MEDICAL_TABLE_NUMBERS = {"1", "2", "3", "4", "6"}
 
-MUNICIPALITY_CODE_SYSTEM = "urn:oid:1.2.392.100495.20.3.21"
+# JP Core names no identifier system for the 6-digit local government code
+# (urn:oid:1.2.392.100495.20.3.21 is the 2-digit *prefecture* number), so
+# we use our own URI until one is published.
+MUNICIPALITY_CODE_SYSTEM = "https://hagukumi.jp/fhir/NamingSystem/local-government-code"
 MEDICAL_INSTITUTION_SYSTEM = "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no"
 
 
@@ -63,7 +67,7 @@ def validate_medical_institution_code(value: str) -> None:
         raise ValidationError(_("The first two digits must be a prefecture (01–47)."), code="pref")
     if value[2] not in MEDICAL_TABLE_NUMBERS:
         raise ValidationError(
-            _("The third digit must be a fee-table number (1, 3, 4 or 6)."), code="table"
+            _("The third digit must be a fee-table number (1, 2, 3, 4 or 6)."), code="table"
         )
     if not luhn_valid(value):
         raise ValidationError(

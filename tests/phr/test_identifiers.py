@@ -45,7 +45,7 @@ def test_it_accepts_a_medical_institution_code_from_a_prescription() -> None:
     [
         ("0110113718", "check_digit"),
         ("4810113719", "pref"),
-        ("0120113719", "table"),
+        ("0150113719", "table"),
         ("011011371", "format"),
     ],
 )

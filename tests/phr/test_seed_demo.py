@@ -2,9 +2,8 @@
 changes nothing, and that the demo accounts can log in.
 
 Expected checkups and vaccinations are derived here from the reference
-tables in ../shared/reference/data (not from phr.demo), so the demo and the
-schedule cannot drift apart silently. Tests that need a table skip when the
-reference folder is absent.
+tables in phr/reference_data (copies of ../shared/reference/data; not from
+phr.demo), so the demo and the schedule cannot drift apart silently.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ except ImportError:  # pragma: no cover - before phr/fhir.py landed
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 TODAY = date(2026, 11, 26)
-REFERENCE = Path(settings.BASE_DIR).parent / "shared" / "reference" / "data"
+REFERENCE = Path(settings.BASE_DIR) / "phr" / "reference_data"
 BASE32 = re.compile(r"\b[A-Z2-7]{32}\b")
 STAFF = [a.email for a in demo.ACCOUNTS if a.role != "parent"]
 
@@ -80,8 +79,6 @@ def pinned(day: date) -> Any:
 
 def reference_rows(name: str) -> list[dict[str, str]]:
     path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference table {path} is not available")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return list(csv.DictReader(line for line in lines if not line.startswith("#")))
 
