@@ -96,3 +96,50 @@ def test_it_takes_a_parent_from_login_to_the_childs_timeline(
 
     assert errors == []
     context.close()
+
+
+def test_it_keeps_the_account_pages_accessible(live_server: Any, browser: Any) -> None:
+    """allauth's pages in our layout: sign-up, password reset, the
+    authenticator-code step of a staff login, and TOTP set-up."""
+    cache.clear()
+    call_command("seed_demo", verbosity=0)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="ja-JP")
+    page = context.new_page()
+    errors = watch_console(page)
+
+    for path in ("/accounts/signup/", "/accounts/password/reset/"):
+        page.goto(f"{live_server.url}{path}")
+        assert page.locator("main form").count() >= 1, path
+        assert serious_violations(page) == [], path
+    page.goto(f"{live_server.url}/accounts/signup/")
+    page.screenshot(path=str(SCREENSHOTS / "hagukumi-signup.png"), full_page=True)
+
+    # Staff log in with a password, then the authenticator code.
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill('input[name="login"]', "clinic@demo.hagukumi.jp")
+    page.fill('input[name="password"]', settings.DEMO_PASSWORD)
+    page.click('main form[action="/accounts/login/"] button[type="submit"]')
+    page.wait_for_url("**/accounts/2fa/authenticate/")
+    assert page.locator('input[name="code"]').is_visible()
+    page.screenshot(path=str(SCREENSHOTS / "hagukumi-2fa.png"), full_page=True)
+    assert serious_violations(page) == []
+    context.close()
+
+    # A parent sets up an authenticator app (optional for parents).
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="ja-JP")
+    page = context.new_page()
+    errors += watch_console(page)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill('input[name="login"]', PARENT_EMAIL)
+    page.fill('input[name="password"]', settings.DEMO_PASSWORD)
+    page.click('main form[action="/accounts/login/"] button[type="submit"]')
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/accounts/2fa/")
+    assert serious_violations(page) == []
+    page.goto(f"{live_server.url}/accounts/2fa/totp/activate/")
+    assert page.locator("img[src^='data:image/svg+xml']").is_visible()  # the QR code
+    page.screenshot(path=str(SCREENSHOTS / "hagukumi-totp.png"), full_page=True)
+    assert serious_violations(page) == []
+
+    assert errors == []
+    context.close()
