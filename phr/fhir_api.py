@@ -437,6 +437,8 @@ class InstanceView(FhirView):
                     f"Version {expected} is not the current version ({current.version})",
                     code="conflict",
                 )
+            if resource_type == "Patient":
+                resource = _keep_server_held(resource, current.content)
             unchanged = not current.deleted and current.content_hash == store.content_hash(
                 store.canonical_content(resource)
             )
@@ -644,3 +646,17 @@ def capability_statement(base: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+# Identifiers (resident number, MCH handbook number, clinic patient numbers)
+# and merge links are what identity matching relies on: they come from the
+# municipality, clinics and the merge service, never from a family's PUT.
+SERVER_HELD_PATIENT_ELEMENTS = ("identifier", "link")
+
+
+def _keep_server_held(resource: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in resource.items() if k not in SERVER_HELD_PATIENT_ELEMENTS}
+    for element in SERVER_HELD_PATIENT_ELEMENTS:
+        if element in stored:
+            kept[element] = stored[element]
+    return kept

@@ -560,31 +560,8 @@ def search_page(user: Any, search: Search) -> Page:
 # --------------------------------------------------------------------------
 
 
-def _without_tombstone_clause(q: Q) -> Q:
-    """The policy's filter with its "not deleted" clause made neutral.
-
-    visible_records() always excludes tombstones, which is right for every
-    list; a FHIR read must still tell someone who could see a record that
-    it was deleted (410 Gone) while others get 404. Only that one clause is
-    replaced; every rule of the policy stays as it is. (Stopgap until
-    sharing.access offers `include_deleted`.)
-    """
-    out = Q()
-    out.connector, out.negated = q.connector, q.negated
-    children: list[Any] = []
-    for child in q.children:
-        if isinstance(child, Q):
-            children.append(_without_tombstone_clause(child))
-        elif isinstance(child, tuple) and child[0] in ("deleted", "deleted__exact"):
-            children.append(("pk__isnull", False))
-        else:
-            children.append(child)
-    out.children = children
-    return out
-
-
 def visible_including_deleted(user: Any, purpose: str | None = None) -> Q:
-    return _without_tombstone_clause(visible_records(user, purpose))
+    return visible_records(user, purpose, include_deleted=True)
 
 
 def _uuid(value: str) -> uuid.UUID | None:

@@ -45,6 +45,7 @@ __all__ = [
     "Decision",
     "Purpose",
     "access_patient",
+    "audit_denied",
     "audit_reveal",
     "decide",
     "visible_records",
@@ -162,14 +163,18 @@ def _grants(user: Any) -> list[_Grant]:
     return grants
 
 
-def visible_records(user: Any, purpose: str | None = None) -> Q:
+def visible_records(
+    user: Any, purpose: str | None = None, *, include_deleted: bool = False
+) -> Q:
     """Filter for phr.Resource: what this user may read (for `purpose`,
-    or for any purpose they hold when None). Always excludes tombstones."""
+    or for any purpose they hold when None). Tombstones are excluded unless
+    `include_deleted` (a FHIR read answers 410 Gone to those who could see
+    the record, 404 to everyone else)."""
     q = Q(pk__in=[])
     for grant in _grants(user):
         if purpose is None or grant.purpose == purpose:
             q |= grant.q()
-    return q & Q(deleted=False)
+    return q if include_deleted else q & Q(deleted=False)
 
 
 def _grant_reaches(grant: _Grant, patient_id: uuid.UUID) -> bool:
@@ -258,7 +263,7 @@ def access_patient(
         raise Http404
     decision = decide(user, patient, category=category, purpose=purpose)
     if not decision:
-        _audit_denied(user, pid, action=action, decision=decision)
+        audit_denied(user, pid, action=action, rule=decision.rule)
         raise Http404
     audit_reveal(user, [pid], categories=[category] if category else [], action=action)
     return patient
@@ -294,7 +299,7 @@ def audit_reveal(
     return audit_write_many(entries)
 
 
-def _audit_denied(user: Any, patient_id: uuid.UUID, *, action: str, decision: Decision) -> None:
+def audit_denied(user: Any, patient_id: uuid.UUID | None, *, action: str, rule: str) -> None:
     """Failed authorizations are logged too (ASVS 7.2.2) — but never shown
     to families as an access, since nothing was revealed."""
     audit_write_many(
@@ -304,7 +309,7 @@ def _audit_denied(user: Any, patient_id: uuid.UUID, *, action: str, decision: De
                 outcome="denied",
                 actor_id=getattr(user, "pk", None),
                 patient_id=patient_id,
-                detail={"rule": decision.rule},
+                detail={"rule": rule},
             )
         ]
     )

@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 from django.test.utils import override_settings
 from django.utils import timezone
@@ -1090,3 +1091,33 @@ def test_it_searches_each_types_own_code_parameter(mother: User, child: Patient)
         response = client.get(f"/fhir/{resource_type}?{query}")
         assert response.status_code == 200, (resource_type, response.json())
         assert ids(response.json()) == {made[resource_type]}, resource_type
+
+
+def test_it_keeps_identifiers_and_links_server_held_on_a_patient_put(
+    mother: Any, child: Any
+) -> None:
+    # A family may correct a name, never the identifiers matching relies on.
+    from phr import services, store
+    from phr.models import Provenance, Resource
+
+    row = Resource.objects.get(pk=child.pk)
+    content = {**row.content, "identifier": [{"system": "urn:resident", "value": "C-1"}]}
+    store.record_write(
+        content,
+        provenance=services.provenance_create(origin=Provenance.Origin.MUNICIPALITY),
+        resource_id=child.pk,
+    )
+    client = api(mother)
+    body = {
+        "resourceType": "Patient",
+        "id": str(child.pk),
+        "name": [{"family": "前橋", "given": ["はるき"]}],
+        "identifier": [{"system": "urn:resident", "value": "FORGED"}],
+    }
+    response = client.put(
+        f"/fhir/Patient/{child.pk}", data=orjson.dumps(body), content_type="application/fhir+json"
+    )
+    assert response.status_code == 200, response.content
+    stored = Resource.objects.get(pk=child.pk).content
+    assert stored["name"][0]["given"] == ["はるき"]
+    assert stored["identifier"] == [{"system": "urn:resident", "value": "C-1"}]
