@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from django.db.models import Case, F, IntegerField, Value, When
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import get_language, gettext, gettext_lazy, pgettext_lazy
 
 from phr import terminology
@@ -328,7 +329,7 @@ def _value(content: dict[str, Any], language: str) -> str:
         return gettext("yes") if content["valueBoolean"] else gettext("no")
     if "valueDateTime" in content:
         found = _date_of(content["valueDateTime"])
-        return found.isoformat() if found else str(content["valueDateTime"])
+        return date_format(found, "DATE_FORMAT") if found else str(content["valueDateTime"])
     return ""
 
 

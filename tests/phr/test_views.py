@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from phr import selectors, services, store
-from phr.models import AuditEvent, Provenance
+from phr.models import AuditEvent, Provenance, User
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -388,3 +388,32 @@ def test_it_sends_staff_without_mfa_to_set_up_an_authenticator(
 def test_it_lets_staff_with_mfa_and_parents_through(clinician: Any, mother: Any) -> None:
     assert client_for(clinician).get("/").status_code == 200
     assert client_for(mother).get("/").status_code == 200
+
+
+def test_it_renders_the_demo_familys_pages_for_the_demo_parent() -> None:
+    # The demo data (manage.py seed_demo) is what newcomers see first.
+    from django.core.management import call_command
+
+    from phr.demo import PARENT_EMAIL
+
+    call_command("seed_demo", verbosity=0)
+    parent = User.objects.get(email=PARENT_EMAIL)
+    client = client_for(parent)
+    family = selectors.family(user=parent)
+    assert family.me is not None
+    assert family.pregnancy is not None
+    assert family.pregnancy.due_date is not None
+    assert len(family.children) == 1
+
+    mother_page = client.get(reverse("phr:person", args=[family.me.patient_id])).content.decode()
+    assert "妊婦健康診査" in mother_page
+    assert "mmHg" in mother_page  # a blood pressure panel, as "120/70 mmHg"
+    assert 'class="badge badge-clinic"' in mother_page
+    due = family.pregnancy.due_date
+    assert "分娩予定日</span>" in mother_page
+    assert f"{due.year}年{due.month}月{due.day}日" in mother_page  # a date, not ISO text
+
+    child_page = client.get(reverse("phr:person", args=[family.children[0].patient_id]))
+    html = child_page.content.decode()
+    assert "健診" in html
+    assert "回目" in html  # vaccination doses
