@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import logout
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
@@ -120,5 +121,11 @@ class StaffMfaSetupMiddleware:
             from phr.roles import has_mfa, is_staff_user
 
             if is_staff_user(user) and not has_mfa(user):
+                if request.headers.get("HX-Request") == "true":
+                    # htmx would swap the setup page into a fragment: ask
+                    # it to load the page instead.
+                    response = HttpResponse(status=204)
+                    response["HX-Redirect"] = reverse("mfa_activate_totp")
+                    return response
                 return redirect("mfa_activate_totp")
         return self.get_response(request)

@@ -379,6 +379,9 @@ def test_it_sends_staff_without_mfa_to_set_up_an_authenticator(
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"] == reverse("mfa_activate_totp")
+    # htmx is told to load the set-up page rather than swap it into a fragment.
+    response = client.get("/", headers={"HX-Request": "true"})
+    assert response["HX-Redirect"] == reverse("mfa_activate_totp")
     # Account pages, static files and the language switch stay reachable.
     assert client.get(reverse("account_logout")).status_code == 200
     assert client.post("/i18n/setlang/", {"language": "en", "next": "/"}).status_code == 302
