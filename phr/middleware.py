@@ -72,7 +72,14 @@ class IdleTimeoutMiddleware:
                 logout(request)
                 if request.path.startswith(("/fhir/", "/api/")):
                     return self.get_response(request)
-                return redirect(f"{settings.LOGIN_URL and '/accounts/login/'}?timeout=1")
+                login_url = f"{reverse(settings.LOGIN_URL)}?timeout=1"
+                if request.headers.get("HX-Request"):
+                    # htmx would swap the login page into a fragment: ask it
+                    # to navigate instead.
+                    response = HttpResponse(status=204)
+                    response["HX-Redirect"] = login_url
+                    return response
+                return redirect(login_url)
             request.session[self.SESSION_KEY] = now
         return self.get_response(request)
 

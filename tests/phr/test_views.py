@@ -359,18 +359,27 @@ def test_it_uses_no_inline_scripts_or_styles_on_its_pages(
             assert "src=" in script or 'type="application/json"' in script
 
 
-@pytest.fixture
-def staff_mfa_middleware(settings: Any) -> None:
-    """The lead registers StaffMfaSetupMiddleware in settings; until then the
-    test puts it where it belongs (after the idle timeout)."""
-    name = "phr.middleware.StaffMfaSetupMiddleware"
-    if name not in settings.MIDDLEWARE:
-        middleware = list(settings.MIDDLEWARE)
-        middleware.insert(middleware.index("phr.middleware.IdleTimeoutMiddleware") + 1, name)
-        settings.MIDDLEWARE = middleware
+def test_it_asks_htmx_to_navigate_to_login_when_an_idle_session_ends(
+    mother: Any, mother_patient: Any
+) -> None:
+    # A 302 would make htmx swap the login page into a fragment.
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        client = client_for(mother)
+        assert client.get("/").status_code == 200
+        clock.shift(timedelta(minutes=31))
+        response = client.get("/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 204
+    assert response["HX-Redirect"].startswith(reverse("account_login"))
 
 
-@pytest.mark.usefixtures("staff_mfa_middleware")
+def test_the_staff_mfa_redirect_runs_after_the_idle_timeout(settings: Any) -> None:
+    middleware = list(settings.MIDDLEWARE)
+    assert middleware.index("phr.middleware.StaffMfaSetupMiddleware") > middleware.index(
+        "phr.middleware.IdleTimeoutMiddleware"
+    )
+
+
 def test_it_sends_staff_without_mfa_to_set_up_an_authenticator(
     staff_without_mfa: Any,
 ) -> None:
@@ -387,7 +396,6 @@ def test_it_sends_staff_without_mfa_to_set_up_an_authenticator(
     assert client.post("/i18n/setlang/", {"language": "en", "next": "/"}).status_code == 302
 
 
-@pytest.mark.usefixtures("staff_mfa_middleware")
 def test_it_lets_staff_with_mfa_and_parents_through(clinician: Any, mother: Any) -> None:
     assert client_for(clinician).get("/").status_code == 200
     assert client_for(mother).get("/").status_code == 200
