@@ -76,23 +76,43 @@ def patient_id_from_reference(reference: str | None) -> uuid.UUID | None:
         return None
 
 
+# JSON scalar types, skipped by _walk without an isinstance check.
+_LEAF_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
 def _walk(node: Any, codings: list[dict[str, Any]], refs: list[str]) -> None:
-    if isinstance(node, dict):
-        system = node.get("system")
-        if isinstance(system, str):
-            code = node.get("code", node.get("value"))
-            if isinstance(code, str):
-                codings.append(node)
-        reference = node.get("reference")
-        if isinstance(reference, str):
-            refs.append(reference)
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _walk(value, codings, refs)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                _walk(value, codings, refs)
+    """Collect, at any depth, every coding-like element (a system with a
+    code, or an identifier's system with a value) and every reference.
+
+    Iterative, with an explicit stack, because this runs for every row of
+    every import: the order things are collected in does not matter, as
+    index() sorts and de-duplicates them.
+    """
+    stack = [node]
+    pop = stack.pop
+    push = stack.append
+    containers = (dict, list)
+    leaves = _LEAF_TYPES
+    while stack:
+        node = pop()
+        if isinstance(node, dict):
+            system = node.get("system")
+            if isinstance(system, str):
+                code = node["code"] if "code" in node else node.get("value")
+                if isinstance(code, str):
+                    codings.append(node)
+            reference = node.get("reference")
+            if isinstance(reference, str):
+                refs.append(reference)
+            values: Any = node.values()
+        elif isinstance(node, list):
+            values = node
+        else:
+            continue
+        for value in values:
+            # Most values are JSON scalars: one set lookup skips them.
+            if type(value) not in leaves and isinstance(value, containers):
+                push(value)
 
 
 def parse_fhir_date(value: str) -> tuple[datetime, datetime, str]:

@@ -23,7 +23,6 @@ Reads are in phr/selectors.py; who may read is decided by sharing/access.py.
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,9 +140,14 @@ _CREATE_STAGE_SQL = (
 )
 _COPY_STAGE_SQL = f"COPY {_STAGE_TABLE} ({', '.join(STAGE_COLUMNS)}) FROM STDIN"
 _COPY_RESOURCE_SQL = f"COPY {RESOURCE_TABLE} ({', '.join(_NEW_ROW_COLUMNS)}) FROM STDIN"
-_COPY_HISTORY_SQL = f"COPY {HISTORY_TABLE} ({', '.join(_HISTORY_COLUMNS)}) FROM STDIN"
+# History of rows _insert_fresh just wrote, from the rows themselves.
+_HISTORY_OF_NEW_SQL = f"""
+INSERT INTO {HISTORY_TABLE} ({", ".join(_HISTORY_COLUMNS)})
+SELECT {", ".join(("id", *_HISTORY_COLUMNS[1:]))}
+FROM {RESOURCE_TABLE} WHERE id = ANY(%s::uuid[])
+"""  # noqa: S608
 _EXISTING_SQL = (
-    f"SELECT id, resource_type, content_hash, deleted, version FROM {RESOURCE_TABLE} "  # noqa: S608
+    f"SELECT id::text, resource_type, content_hash, deleted FROM {RESOURCE_TABLE} "  # noqa: S608
     "WHERE id = ANY(%s::uuid[])"
 )
 
@@ -161,26 +165,42 @@ class Source:
     value: str
 
 
-@dataclass
 class Staged:
     """One resource ready to write: its id, canonical JSON and hash.
 
-    The search columns (`fields`) are computed on first use: a bulk write
-    needs them only for rows that changed, so a replay never indexes.
+    The JSON is serialized here, so later changes to the caller's dicts (a
+    mapper reusing one) cannot reach what is written. The search columns
+    (`fields`) are derived from that JSON on first use: a bulk write needs
+    them only for rows it sends, and computes them while the server is
+    busy with the rows before (see _LineStream); a replay never indexes.
     """
 
-    id: uuid.UUID
-    resource_type: str
-    content: dict[str, Any]
-    content_json: str
-    content_hash: str
-    source: Source | None
-    _fields: indexing.IndexFields | None = None
+    __slots__ = ("_fields", "content", "content_hash", "content_json", "id", "id_text",
+                 "resource_type", "source")
+
+    def __init__(
+        self,
+        *,
+        id: uuid.UUID,
+        resource_type: str,
+        content: dict[str, Any],
+        content_json: str,
+        content_hash: str,
+        source: Source | None,
+    ) -> None:
+        self.id = id
+        self.id_text = str(id)
+        self.resource_type = resource_type
+        self.content = content
+        self.content_json = content_json
+        self.content_hash = content_hash
+        self.source = source
+        self._fields: indexing.IndexFields | None = None
 
     @property
     def fields(self) -> indexing.IndexFields:
         if self._fields is None:
-            self._fields = indexing.index(self.content, resource_id=self.id)
+            self._fields = indexing.index(orjson.loads(self.content_json), resource_id=self.id)
         return self._fields
 
 
@@ -271,9 +291,9 @@ def _pg_array(values: Sequence[object]) -> str:
     return '{"' + text + '"}'
 
 
-def _uuid_array(ids: Iterable[uuid.UUID]) -> str:
-    """A uuid[] literal: one short parameter instead of one per id."""
-    return "{" + ",".join(map(str, ids)) + "}"
+def _id_array(items: Iterable[Staged]) -> str:
+    """A uuid[] literal of the items' ids: one short parameter, not one per id."""
+    return "{" + ",".join([item.id_text for item in items]) + "}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -283,7 +303,7 @@ def _iso(value: datetime | None) -> str | None:
 def _row(item: Staged) -> list[object]:
     f = item.fields
     return [
-        str(item.id),
+        item.id_text,
         item.resource_type,
         item.content_json,
         item.content_hash,
@@ -317,6 +337,11 @@ def _copy_text(value: str) -> str:
     return value
 
 
+def _copy_json(item: Staged) -> str:
+    content = item.content_json
+    return content.replace("\\", "\\\\") if "\\" in content else content
+
+
 def _copy_datetime(value: datetime | None) -> str:
     return _NULL if value is None else value.isoformat()
 
@@ -325,41 +350,98 @@ def _copy_decimal(value: Decimal | None) -> str:
     return _NULL if value is None else str(value)
 
 
-def _stage_line(item: Staged) -> str:
-    """The staged columns of one row, as a line of COPY text (no newline)."""
-    f = item.fields
-    source = item.source
-    content = item.content_json
-    if "\\" in content:
-        content = content.replace("\\", "\\\\")
+def _index_text(fields: indexing.IndexFields) -> str:
+    """The search columns (_INDEX_COLUMNS) as tab-separated COPY text."""
     return "\t".join(
         (
-            str(item.id),
-            item.resource_type,
-            content,
-            item.content_hash,
-            _copy_text(source.system) if source else "",
-            _copy_text(source.value) if source else "",
-            _pg_array(f.compartments),
-            _copy_text(_pg_array(f.tokens)),
-            _copy_text(_pg_array(f.refs)),
-            _copy_text(f.status),
-            _copy_text(f.category),
-            _copy_text(f.sensitivity),
-            _copy_datetime(f.date_start),
-            _copy_datetime(f.date_end),
-            f.date_precision,
-            _copy_decimal(f.quantity_value),
-            _copy_text(f.quantity_code),
+            _pg_array(fields.compartments),
+            _copy_text(_pg_array(fields.tokens)),
+            _copy_text(_pg_array(fields.refs)),
+            _copy_text(fields.status),
+            _copy_text(fields.category),
+            _copy_text(fields.sensitivity),
+            _copy_datetime(fields.date_start),
+            _copy_datetime(fields.date_end),
+            fields.date_precision,
+            _copy_decimal(fields.quantity_value),
+            _copy_text(fields.quantity_code),
         )
     )
 
 
+def _stage_line(item: Staged) -> str:
+    """The staged columns (STAGE_COLUMNS) of one row as a line of COPY text."""
+    source = item.source
+    return "\t".join(
+        (
+            item.id_text,
+            item.resource_type,
+            _copy_json(item),
+            item.content_hash,
+            _copy_text(source.system) if source else "",
+            _copy_text(source.value) if source else "",
+            _index_text(item.fields),
+        )
+    )
+
+
+class _LineStream:
+    """A file-like view of COPY lines, formatted as the server asks for
+    them: the server (another process, so another core) parses and indexes
+    one block while Python formats the next, instead of waiting for the
+    whole chunk. An error while formatting is kept and re-raised by _copy
+    (psycopg2 would turn it into a bare "COPY failed")."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        parts: list[str] = []
+        length = 0
+        try:
+            for line in self._lines:
+                parts.append(line)
+                length += len(line) + 1
+                if 0 < size <= length:
+                    break
+        except BaseException as exc:
+            self.error = exc
+            raise
+        if not parts:
+            return ""
+        parts.append("")
+        return "\n".join(parts)
+
+
+# Small enough that the server starts early and both sides stay busy, large
+# enough that the per-block overhead does not count.
+_COPY_BLOCK = 1 << 16
+
+
+def _copy(cursor: Any, sql: str, lines: Iterable[str]) -> None:
+    stream = _LineStream(lines)
+    try:
+        # psycopg2's copy_expert is not wrapped by Django: convert its
+        # errors (a unique violation above all) into django.db ones.
+        with connection.wrap_database_errors:
+            cursor.copy_expert(sql, stream, size=_COPY_BLOCK)
+    except Exception:
+        if stream.error is not None:
+            raise stream.error from None
+        raise
+
+
+# --------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------
+
+
 def _dedupe(items: Iterable[Staged]) -> list[Staged]:
     """Last write wins within one call: one statement may not touch a row twice."""
-    by_id: dict[uuid.UUID, Staged] = {}
+    by_id: dict[str, Staged] = {}
     for item in items:
-        by_id[item.id] = item
+        by_id[item.id_text] = item
     return list(by_id.values())
 
 
@@ -376,35 +458,30 @@ def _result(items: list[Staged], written: dict[uuid.UUID, int]) -> WriteResult:
     return result
 
 
-def _refuse_type_change(items: Sequence[Staged], existing: dict[uuid.UUID, str]) -> None:
+def _refuse_type_change(items: Iterable[Staged], existing: dict[str, str]) -> None:
     """An id may not change type (a PUT of an Observation over a Patient id)."""
     for item in items:
-        resource_type = existing.get(item.id)
+        resource_type = existing.get(item.id_text)
         if resource_type is not None and resource_type != item.resource_type:
             raise StoreError(f"{item.id} is a {resource_type}, not a {item.resource_type}")
 
 
-def _check_not_written(cursor: Any, items: Sequence[Staged], written: dict[uuid.UUID, int]) -> None:
+def _existing(cursor: Any, items: Sequence[Staged]) -> dict[str, tuple[str, str, bool]]:
+    """(type, hash, deleted) of the items' ids that are stored, by id text."""
+    cursor.execute(_EXISTING_SQL, [_id_array(items)])
+    return {rid: (rtype, rhash, deleted) for rid, rtype, rhash, deleted in cursor.fetchall()}
+
+
+def _check_not_written(
+    cursor: Any, items: Sequence[Staged], written: dict[uuid.UUID, int]
+) -> None:
     """Rows the upsert left alone are unchanged, or belong to another type
     (the upsert's WHERE skips those; a concurrent writer may have created
     one after we looked). Only runs when the upsert skipped something."""
     skipped = [item for item in items if item.id not in written]
-    if not skipped:
-        return
-    cursor.execute(_EXISTING_SQL, [_uuid_array(item.id for item in skipped)])
-    _refuse_type_change(skipped, {row[0]: row[1] for row in cursor.fetchall()})
-
-
-def _copy(cursor: Any, sql: str, lines: Iterable[str]) -> None:
-    buffer = io.StringIO()
-    for line in lines:
-        buffer.write(line)
-        buffer.write("\n")
-    buffer.seek(0)
-    # psycopg2's copy_expert is not wrapped by Django: convert its errors
-    # (a unique violation above all) into django.db ones.
-    with connection.wrap_database_errors:
-        cursor.copy_expert(sql, buffer, size=1 << 20)
+    if skipped:
+        existing = _existing(cursor, skipped)
+        _refuse_type_change(skipped, {rid: row[0] for rid, row in existing.items()})
 
 
 def _upsert_values(
@@ -442,37 +519,31 @@ def _upsert_staged(
 def _insert_fresh(
     cursor: Any, items: Sequence[Staged], provenance_id: int
 ) -> dict[uuid.UUID, int] | None:
-    """COPY rows whose ids did not exist straight into the resource and
-    history tables, as version 1. Returns None, having written nothing, when
-    a concurrent writer created one of the ids meanwhile (unique
-    violation): the caller then upserts them instead.
+    """COPY rows whose ids did not exist straight into the resource table
+    as version 1, and copy them into history. Returns None, having written
+    nothing, when a concurrent writer created one of the ids meanwhile
+    (unique violation): the caller then upserts them instead.
 
     Rows go in id order so that two writers of overlapping new ids wait for
-    each other instead of deadlocking.
+    each other instead of deadlocking. History is filled from the rows just
+    written (INSERT … SELECT), so the JSON crosses the wire and is parsed
+    once.
     """
     cursor.execute("SELECT now()")
-    now = cursor.fetchone()[0].isoformat()
-    tail = f"\t1\t{now}\tf\t{provenance_id}"
-    ordered = sorted(items, key=lambda item: item.id)
-    resource_lines = []
-    history_lines = []
-    for item in ordered:
-        line = _stage_line(item)
-        resource_lines.append(line + tail)
-        content = item.content_json
-        if "\\" in content:
-            content = content.replace("\\", "\\\\")
-        history_lines.append(
-            f"{item.id}\t{item.resource_type}\t1\t{now}\tf\t{content}\t"
-            f"{item.content_hash}\t{provenance_id}"
-        )
+    tail = f"\t1\t{cursor.fetchone()[0].isoformat()}\tf\t{provenance_id}"
+    ordered = sorted(items, key=_id_text)
     try:
         with transaction.atomic():
-            _copy(cursor, _COPY_RESOURCE_SQL, resource_lines)
-            _copy(cursor, _COPY_HISTORY_SQL, history_lines)
+            _copy(cursor, _COPY_RESOURCE_SQL, (_stage_line(item) + tail for item in ordered))
+            cursor.execute(_HISTORY_OF_NEW_SQL, [_id_array(ordered)])
     except IntegrityError:
         return None
-    return dict.fromkeys((item.id for item in ordered), 1)
+    return dict.fromkeys([item.id for item in ordered], 1)
+
+
+def _id_text(item: Staged) -> str:
+    # The text form sorts like PostgreSQL's uuid order (fixed-width hex).
+    return item.id_text
 
 
 def write_staged(items: Sequence[Staged], *, provenance: Provenance, copy: bool) -> WriteResult:
@@ -492,20 +563,19 @@ def write_staged(items: Sequence[Staged], *, provenance: Provenance, copy: bool)
             _check_not_written(cursor, unique, written)
             return _result(unique, written)
 
-        cursor.execute(_EXISTING_SQL, [_uuid_array(item.id for item in unique)])
-        existing = {row[0]: row for row in cursor.fetchall()}
-        _refuse_type_change(unique, {rid: row[1] for rid, row in existing.items()})
+        existing = _existing(cursor, unique)
+        _refuse_type_change(unique, {rid: row[0] for rid, row in existing.items()})
         fresh: list[Staged] = []
         changed: list[Staged] = []
         for item in unique:
-            row = existing.get(item.id)
+            row = existing.get(item.id_text)
             if row is None:
                 fresh.append(item)
-            elif row[2] != item.content_hash or row[3]:
+            elif row[1] != item.content_hash or row[2]:
                 changed.append(item)
             # else: the same content is stored already; nothing to send.
 
-        written: dict[uuid.UUID, int] = {}
+        written = {}
         if fresh:
             inserted = _insert_fresh(cursor, fresh, provenance_id)
             if inserted is None:
@@ -628,22 +698,7 @@ _REINDEX_TYPES = ("uuid", *STAGE_TYPES[6:])
 
 
 def _index_line(resource_id: uuid.UUID, fields: indexing.IndexFields) -> str:
-    return "\t".join(
-        (
-            str(resource_id),
-            _pg_array(fields.compartments),
-            _copy_text(_pg_array(fields.tokens)),
-            _copy_text(_pg_array(fields.refs)),
-            _copy_text(fields.status),
-            _copy_text(fields.category),
-            _copy_text(fields.sensitivity),
-            _copy_datetime(fields.date_start),
-            _copy_datetime(fields.date_end),
-            fields.date_precision,
-            _copy_decimal(fields.quantity_value),
-            _copy_text(fields.quantity_code),
-        )
-    )
+    return f"{resource_id}\t{_index_text(fields)}"
 
 
 def reindex_all(*, batch_size: int = REINDEX_BATCH) -> int:

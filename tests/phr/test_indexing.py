@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from hypothesis import given
+from hypothesis import strategies as st
 
 from phr import indexing, store, terminology
 from phr.models import Provenance, Resource
@@ -139,6 +141,53 @@ def test_it_keeps_tokens_and_refs_sorted_and_unique() -> None:
 def test_it_indexes_the_status() -> None:
     assert indexing.index(observation(status="amended")).status == "amended"
     assert indexing.index({"resourceType": "Patient"}, resource_id=MOTHER).status == ""
+
+
+def _reference_tokens_and_refs(node: Any) -> tuple[set[str], set[str]]:
+    """The token rule stated plainly (recursively), to check the indexer's
+    optimized walk against: every dict with a string system and a string
+    code (or, without a code, a string value) is a token; every string
+    reference is a ref."""
+    tokens: set[str] = set()
+    refs: set[str] = set()
+    if isinstance(node, dict):
+        code = node.get("code", node.get("value"))
+        if isinstance(node.get("system"), str) and isinstance(code, str):
+            tokens |= {f"{node['system']}|{code}", f"|{code}"}
+        if isinstance(node.get("reference"), str):
+            refs.add(node["reference"])
+        children: list[Any] = list(node.values())
+    elif isinstance(node, list):
+        children = node
+    else:
+        children = []
+    for child in children:
+        more_tokens, more_refs = _reference_tokens_and_refs(child)
+        tokens |= more_tokens
+        refs |= more_refs
+    return tokens, refs
+
+
+_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "b", "x|y"])
+_element = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["system", "code", "value", "reference", "coding", "x"]),
+        children,
+        max_size=4,
+    ),
+    max_leaves=12,
+)
+
+
+@given(element=_element)
+def test_it_finds_every_coding_and_reference_at_any_depth(element: Any) -> None:
+    # Tokens and refs come from anywhere in the resource, however deep.
+    fields = indexing.index({"resourceType": "Observation", "extension": [element]})
+    tokens, refs = _reference_tokens_and_refs(element)
+    assert fields.tokens == sorted(tokens)
+    assert fields.refs == sorted(refs)
 
 
 # --- category and sensitivity -------------------------------------------------------

@@ -475,6 +475,49 @@ def test_it_leaves_nothing_when_the_database_refuses_a_later_chunk(
     assert not ResourceHistory.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_it_surfaces_an_indexing_error_from_inside_the_copy_stream(
+    provenance: Provenance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bulk path indexes rows while COPY streams them; an error there
+    # must reach the caller as itself (not as a bare "COPY failed") and
+    # leave nothing behind.
+    class IndexerBroke(Exception):
+        pass
+
+    real_index = indexing.index
+
+    def index(resource: dict[str, Any], **kwargs: Any) -> indexing.IndexFields:
+        if resource.get("valueQuantity", {}).get("value") == 13.0:
+            raise IndexerBroke
+        return real_index(resource, **kwargs)
+
+    monkeypatch.setattr(indexing, "index", index)
+    batch = [(weight(10.0 + n), Source(ROWS, f"row-{n}")) for n in range(5)]
+
+    with pytest.raises(IndexerBroke):
+        store.records_write_bulk(batch, provenance=provenance, chunk_size=2)
+    assert not Resource.objects.exists()
+
+
+def test_it_writes_what_a_mapper_yielded_even_if_it_reuses_its_dicts(
+    provenance: Provenance,
+) -> None:
+    # A mapper may reuse one dict for every row it yields: each row is
+    # written as it was when yielded (the store snapshots the JSON).
+    def mapper() -> Any:
+        resource = weight(0.0)
+        for n in range(4):
+            resource["valueQuantity"]["value"] = 50.0 + n
+            yield resource, Source(ROWS, f"row-{n}")
+
+    store.records_write_bulk(mapper(), provenance=provenance)
+
+    rows = Resource.objects.order_by("source_value")
+    assert [row.content["valueQuantity"]["value"] for row in rows] == [50.0, 51.0, 52.0, 53.0]
+    assert [row.quantity_value for row in rows] == [50, 51, 52, 53]
+
+
 # --- types -------------------------------------------------------------------------------
 
 
