@@ -169,7 +169,8 @@ class Staged:
     """One resource ready to write: its id, canonical JSON and hash.
 
     The JSON is serialized here, so later changes to the caller's dicts (a
-    mapper reusing one) cannot reach what is written. The search columns
+    mapper reusing one) cannot reach what is written; `content` is only a
+    shallow copy of the caller's resource, kept for convenience. The search columns
     (`fields`) are derived from that JSON on first use: a bulk write needs
     them only for rows it sends, and computes them while the server is
     busy with the rows before (see _LineStream); a replay never indexes.
