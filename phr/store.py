@@ -426,7 +426,8 @@ def _copy(cursor: Any, sql: str, lines: Iterable[str]) -> None:
         # psycopg2's copy_expert is not wrapped by Django: convert its
         # errors (a unique violation above all) into django.db ones.
         with connection.wrap_database_errors:
-            cursor.copy_expert(sql, stream, size=_COPY_BLOCK)
+            # size positionally: Django's debug cursor (DEBUG=1) takes no keywords.
+            cursor.copy_expert(sql, stream, _COPY_BLOCK)
     except Exception:
         if stream.error is not None:
             raise stream.error from None
