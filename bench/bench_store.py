@@ -235,7 +235,7 @@ def copy_in(table: str, data: bytes) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(data), size=1 << 20)
+        cursor.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(data), 1 << 20)
 
 
 def execute(sql: str) -> None:
