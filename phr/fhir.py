@@ -22,6 +22,7 @@ and `meta.lastUpdated` in columns, not in the JSON (store.canonical_content).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,6 +102,20 @@ def _reason(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ").strip()
 
 
+def _nul_paths(node: Any, path: str) -> Iterator[str]:
+    """Element paths of strings holding U+0000, which FHIR forbids and
+    PostgreSQL's jsonb cannot store."""
+    if isinstance(node, str):
+        if "\x00" in node:
+            yield path
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _nul_paths(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _nul_paths(value, f"{path}[{index}]")
+
+
 def validate_resource(resource: object) -> None:
     """Raise FhirValidationError unless `resource` is a valid R4(B) resource
     of a type the store supports."""
@@ -112,6 +127,11 @@ def validate_resource(resource: object) -> None:
     if resource_type not in ACCEPTED_TYPES:
         raise FhirValidationError(
             [(resource_type, f"Unsupported resource type {resource_type!r}")]
+        )
+    nul_paths = list(_nul_paths(resource, resource_type))
+    if nul_paths:
+        raise FhirValidationError(
+            [(path, "Text may not contain the NUL character (U+0000)") for path in nul_paths]
         )
     model = get_fhir_model_class(resource_type)
     try:

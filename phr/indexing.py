@@ -80,6 +80,9 @@ def patient_id_from_reference(reference: str | None) -> uuid.UUID | None:
 _LEAF_TYPES = frozenset((str, int, float, bool, type(None)))
 
 
+_NUMBERS = (int, float)
+
+
 def _walk(node: Any, codings: list[dict[str, Any]], refs: list[str]) -> None:
     """Collect, at any depth, every coding-like element (a system with a
     code, or an identifier's system with a value) and every reference.
@@ -97,7 +100,9 @@ def _walk(node: Any, codings: list[dict[str, Any]], refs: list[str]) -> None:
         node = pop()
         if isinstance(node, dict):
             system = node.get("system")
-            if isinstance(system, str):
+            # A Quantity (numeric value) has a system and code too: its unit
+            # is indexed as quantity_code, not as a token.
+            if isinstance(system, str) and type(node.get("value")) not in _NUMBERS:
                 code = node["code"] if "code" in node else node.get("value")
                 if isinstance(code, str):
                     codings.append(node)
@@ -153,14 +158,22 @@ def _dates(resource_type: str, resource: dict[str, Any], out: IndexFields) -> No
             start_text, end_text = value.get("start"), value.get("end")
             if not start_text:
                 continue
-            out.date_start, end, out.date_precision = parse_fhir_date(start_text)
+            # A Period without an end is still going on (an ongoing
+            # pregnancy): its end stays open (NULL), whatever the start's
+            # precision.
+            out.date_start, _, out.date_precision = parse_fhir_date(start_text)
             out.date_end = parse_fhir_date(end_text)[1] if end_text else None
-            if out.date_end is None and out.date_precision != "instant":
-                out.date_end = end
             return
         if isinstance(value, str):
             out.date_start, out.date_end, out.date_precision = parse_fhir_date(value)
             return
+
+
+_CATEGORIES = frozenset(terminology.Category.values)
+_SENSITIVITIES = frozenset(terminology.Sensitivity.values)
+# numeric(18, 6) holds magnitudes below 10**12; larger quantities stay in
+# the JSON but are not indexed.
+_QUANTITY_LIMIT = Decimal(10) ** 12
 
 
 def _category(
@@ -172,12 +185,17 @@ def _category(
     meta = resource.get("meta") or {}
     category = ""
     sensitivity = ""
+    # Only known codes count: an unknown tag is ignored (the dictionary and
+    # the type decide), so one odd label cannot fail a whole import chunk.
     for tag in meta.get("tag") or ():
-        if tag.get("system") == terminology.CATEGORY_SYSTEM:
-            category = tag.get("code", "")
+        if tag.get("system") == terminology.CATEGORY_SYSTEM and tag.get("code") in _CATEGORIES:
+            category = tag["code"]
     for label in meta.get("security") or ():
-        if label.get("system") == terminology.SENSITIVITY_SYSTEM:
-            sensitivity = label.get("code", "")
+        if (
+            label.get("system") == terminology.SENSITIVITY_SYSTEM
+            and label.get("code") in _SENSITIVITIES
+        ):
+            sensitivity = label["code"]
     code = resource.get("code") or resource.get("vaccineCode") or {}
     dictionary_item = None
     for coding in code.get("coding") or ():
@@ -219,7 +237,7 @@ def index(resource: dict[str, Any], *, resource_id: uuid.UUID | None = None) -> 
         tokens.append(f"|{code}")
     status = resource.get("status")
     if isinstance(status, str):
-        out.status = status
+        out.status = status[:32]
     out.tokens = sorted(set(tokens))
     out.refs = sorted(set(refs))
     out.category, out.sensitivity = _category(resource_type, resource, codings)
@@ -228,8 +246,10 @@ def index(resource: dict[str, Any], *, resource_id: uuid.UUID | None = None) -> 
     quantity = resource.get("valueQuantity")
     if isinstance(quantity, dict) and "value" in quantity:
         try:
-            out.quantity_value = Decimal(str(quantity["value"]))
+            value = Decimal(str(quantity["value"]))
         except InvalidOperation:
-            out.quantity_value = None
-        out.quantity_code = str(quantity.get("code") or quantity.get("unit") or "")
+            value = None
+        if value is not None and value.is_finite() and abs(value) < _QUANTITY_LIMIT:
+            out.quantity_value = value
+        out.quantity_code = str(quantity.get("code") or quantity.get("unit") or "")[:32]
     return out

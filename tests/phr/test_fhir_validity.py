@@ -249,3 +249,16 @@ def test_it_reports_issues_as_a_valid_operation_outcome() -> None:
     assert fhir.operation_outcome([("Patient", "gone")], code="not-found")["issue"][0][
         "code"
     ] == "not-found"
+
+
+def test_it_refuses_a_nul_character_naming_the_element() -> None:
+    # jsonb cannot store U+0000: refuse it at the boundary, per element,
+    # instead of failing a whole import chunk in the database.
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "weight\u0000"},
+    }
+    with pytest.raises(fhir.FhirValidationError) as info:
+        fhir.validate_resource(resource)
+    assert info.value.issues[0][0] == "Observation.code.text"

@@ -400,3 +400,48 @@ def test_it_restores_corrupted_search_columns_on_reindex() -> None:
     assert restored[resource_id]["quantity_value"] == Decimal("61.5")
     assert restored[patient_id]["compartments"] == [patient_id]
     assert restored[patient_id]["date_start"] == utc(2025, 1, 30, 15)
+
+
+def test_it_ignores_unknown_category_and_sensitivity_codes() -> None:
+    # An odd label must not fail a chunk or change access: the dictionary
+    # and the type decide instead.
+    resource = {
+        "resourceType": "Immunization",
+        "meta": {
+            "tag": [{"system": terminology.CATEGORY_SYSTEM, "code": "x" * 40}],
+            "security": [{"system": terminology.SENSITIVITY_SYSTEM, "code": "public"}],
+        },
+        "status": "completed",
+    }
+    fields = indexing.index(resource)
+    assert (fields.category, fields.sensitivity) == ("vaccinations", "normal")
+
+
+def test_it_does_not_index_units_as_tokens_or_huge_quantities() -> None:
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "valueQuantity": {
+            "value": 1e13,
+            "unit": "kg",
+            "system": "http://unitsofmeasure.org",
+            "code": "kg",
+        },
+    }
+    fields = indexing.index(resource)
+    assert "http://unitsofmeasure.org|kg" not in fields.tokens
+    assert fields.quantity_value is None
+    assert fields.quantity_code == "kg"
+
+
+def test_it_leaves_an_ongoing_period_open() -> None:
+    # An active pregnancy that started on a date has no end yet.
+    resource = {
+        "resourceType": "EpisodeOfCare",
+        "status": "active",
+        "period": {"start": "2026-06-01"},
+    }
+    fields = indexing.index(resource)
+    assert fields.date_end is None
+    assert fields.date_precision == "day"

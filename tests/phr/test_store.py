@@ -453,12 +453,14 @@ def test_it_leaves_nothing_when_staging_fails_half_way(
 def test_it_leaves_nothing_when_the_database_refuses_a_later_chunk(
     provenance: Provenance,
 ) -> None:
-    # The database's own refusal (a category tag longer than its column) in
+    # The database's own refusal (jsonb takes no NUL character; the FHIR
+    # boundary refuses it first, this store call bypasses the boundary) in
     # the second chunk rolls the first back too, and so does the caller's
     # transaction around several writes.
-    too_long = {"tag": [{"system": terminology.CATEGORY_SYSTEM, "code": "x" * 40}]}
+    refused = weight(1.0)
+    refused["code"]["text"] = "nul\u0000here"
     batch = [(weight(60.0 + n), Source(ROWS, f"row-{n}")) for n in range(3)]
-    batch.append((weight(1.0, meta=too_long), Source(ROWS, "bad")))
+    batch.append((refused, Source(ROWS, "bad")))
 
     with pytest.raises(DataError):
         store.records_write_bulk(batch, provenance=provenance, chunk_size=2)
