@@ -125,10 +125,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     if os.environ.get("REDIS_URL"):
         return
-    skip = pytest.mark.skip(reason="needs REDIS_URL: starts a real Celery worker on Redis")
     for item in items:
         if item.get_closest_marker("worker") is not None:
-            item.add_marker(skip)
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"{item.name} needs REDIS_URL: it starts a real Celery worker on Redis"
+                )
+            )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -368,3 +368,28 @@ def test_it_counts_a_fresh_login_with_the_second_factor(client: Client, mfa_user
     log_in(client, mfa_user.email)
     client.post(reverse("mfa_authenticate"), {"code": totp_code(mfa_user)})
     assert client.get("/sensitive/").content == b"done GET"
+
+
+def test_it_hashes_passwords_with_argon2() -> None:
+    from django.conf import settings
+
+    assert "Argon2" in settings.PASSWORD_HASHERS[0]
+    user = User(email="hash@example.jp")
+    user.set_password("a long enough passphrase 2026")
+    assert user.password.startswith("argon2")
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "short-2026",  # under 12 characters
+        "password1234",  # a common password
+        "123456789012",  # all digits
+    ],
+)
+def test_it_refuses_weak_passwords(password: str) -> None:
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        validate_password(password)
