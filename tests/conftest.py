@@ -146,3 +146,43 @@ def _end_stray_test_connections(django_db_setup: Any, django_db_blocker: Any) ->
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+# --------------------------------------------------------------------------
+# Sharing personas: a clinic the family shares with (and one it does not),
+# an emergency responder, a researcher.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_clinic(db: None) -> Any:
+    return f.ClinicFactory()
+
+
+@pytest.fixture
+def unconsented_clinician(other_clinic: Any) -> Any:
+    return f.make_member(f.Role.CLINIC_STAFF, other_clinic)
+
+
+@pytest.fixture
+def emergency_service(db: None) -> Any:
+    from phr.models import Organization
+
+    return Organization.objects.create(
+        kind=Organization.Kind.EMERGENCY, code="EMS-TEST", name="Test EMS"
+    )
+
+
+@pytest.fixture
+def responder(emergency_service: Any) -> Any:
+    return f.make_member(f.Role.EMERGENCY_RESPONDER, emergency_service)
+
+
+@pytest.fixture
+def researcher(db: None) -> Any:
+    from phr.models import Organization
+
+    institute = Organization.objects.create(
+        kind=Organization.Kind.RESEARCH, code="RES-TEST", name="Test Institute"
+    )
+    return f.make_member(f.Role.RESEARCHER, institute)

@@ -1,0 +1,213 @@
+"""Consent drives access: clinics and persons see exactly what the family
+granted, for as long as it runs; DV blocks cut a person off; explain()
+says why."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from phr.models import Resource
+from phr.terminology import Category
+from sharing.access import decide, explain, forget_grants, visible_records
+from sharing.models import Consent, ConsentPurpose
+from sharing.services import consent_grant, consent_revoke, dv_block_set
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+def visible_ids(user: Any) -> set[Any]:
+    forget_grants(user)
+    return set(Resource.objects.filter(visible_records(user)).values_list("id", flat=True))
+
+
+@pytest.fixture
+def records(child: Any) -> dict[str, Any]:
+    return {
+        "vaccination": f.write_observation(child, category=Category.VACCINATIONS),
+        "checkup": f.write_observation(child, category=Category.INFANT_CHECKUPS),
+    }
+
+
+def grant_clinic(mother: Any, child: Any, clinic: Any, **extra: Any) -> Consent:
+    return consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=extra.pop("categories", [Category.VACCINATIONS]),
+        grantee_org=clinic,
+        **extra,
+    )
+
+
+def test_it_shows_a_consented_clinic_only_the_granted_categories(
+    mother: Any, child: Any, clinic: Any, clinician: Any, records: dict[str, Any]
+) -> None:
+    grant_clinic(mother, child, clinic)
+    seen = visible_ids(clinician)
+    assert records["vaccination"] in seen
+    assert records["checkup"] not in seen
+    assert child.pk in seen  # the patient herself (demographics)
+    assert decide(clinician, child, category=Category.VACCINATIONS)
+    assert not decide(clinician, child, category=Category.INFANT_CHECKUPS)
+
+
+def test_it_shows_a_clinic_without_consent_nothing(
+    mother: Any, child: Any, clinic: Any, unconsented_clinician: Any, records: dict[str, Any]
+) -> None:
+    grant_clinic(mother, child, clinic)
+    assert visible_ids(unconsented_clinician) == set()
+
+
+def test_it_ends_access_at_once_when_consent_is_revoked_and_emails_the_clinic(
+    mother: Any, child: Any, clinic: Any, clinician: Any, records: dict[str, Any]
+) -> None:
+    consent = grant_clinic(mother, child, clinic)
+    assert visible_ids(clinician)
+    consent_revoke(consent=consent, by=mother)
+    assert visible_ids(clinician) == set()
+    assert explain(clinician, child).decision.rule == "consent_revoked"
+
+
+def test_it_emails_the_grantee_on_revocation(
+    mother: Any, child: Any, clinic: Any, clinician: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    consent = grant_clinic(mother, child, clinic)
+    with django_capture_on_commit_callbacks(execute=True):
+        consent_revoke(consent=consent, by=mother)
+    assert [m.to for m in mail.outbox] == [[clinician.email]]
+    assert "前橋" not in mail.outbox[0].body  # no patient data in the mail
+
+
+def test_it_ends_access_when_the_consent_expires(
+    mother: Any, child: Any, clinic: Any, clinician: Any, records: dict[str, Any]
+) -> None:
+    start = timezone.now() - timedelta(days=10)
+    grant_clinic(mother, child, clinic, starts_at=start, ends_at=start + timedelta(days=1))
+    assert visible_ids(clinician) == set()
+    assert explain(clinician, child).decision.rule == "consent_expired"
+
+
+def test_a_partner_sees_the_mothers_records_only_through_her_consent(
+    mother: Any, mother_patient: Any, father: Any
+) -> None:
+    own = f.write_observation(mother_patient, category=Category.VITALS)
+    assert own not in visible_ids(father)
+    consent_grant(
+        patient=mother_patient,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=[Category.VITALS],
+        grantee_user=father,
+    )
+    assert own in visible_ids(father)
+    assert explain(father, mother_patient).decision.rule == "consent_person"
+
+
+def test_it_refuses_bad_grants_and_writes_nothing(
+    mother: Any, child: Any, clinic: Any, emergency_service: Any
+) -> None:
+    now = timezone.now()
+    bad = [
+        {"categories": []},
+        {"ends_at": now - timedelta(days=1), "starts_at": now},
+        {"grantee_org": emergency_service},  # a care consent to an emergency service
+    ]
+    for extra in bad:
+        arguments = {"grantee_org": clinic, "categories": [Category.VACCINATIONS], **extra}
+        with pytest.raises(ValidationError) as info:
+            consent_grant(patient=child, by=mother, purpose=ConsentPurpose.CARE, **arguments)
+        # Each message says what is wrong in Japanese and English.
+        assert " / " in str(info.value)
+    assert not Consent.objects.exists()
+
+
+def test_the_father_cannot_decide_for_the_mother(
+    father: Any, mother_patient: Any, clinic: Any
+) -> None:
+    from django.core.exceptions import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        consent_grant(
+            patient=mother_patient,
+            by=father,
+            purpose=ConsentPurpose.CARE,
+            categories=[Category.VITALS],
+            grantee_org=clinic,
+        )
+
+
+def test_a_dv_block_cuts_a_guardian_off_and_refuses_shares_to_him(
+    mother: Any, child: Any, father: Any, municipal_officer: Any, records: dict[str, Any]
+) -> None:
+    assert visible_ids(father)
+    dv_block_set(patient=child, blocked_user=father, by=municipal_officer)
+    assert visible_ids(father) == set()
+    assert decide(father, child).rule == "dv_block"
+    with pytest.raises(ValidationError):
+        consent_grant(
+            patient=child,
+            by=mother,
+            purpose=ConsentPurpose.CARE,
+            categories=[Category.VACCINATIONS],
+            grantee_user=father,
+        )
+
+
+def test_only_the_patients_municipality_sets_a_dv_block(
+    child: Any, father: Any, other_municipal_officer: Any
+) -> None:
+    from django.core.exceptions import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        dv_block_set(patient=child, blocked_user=father, by=other_municipal_officer)
+
+
+def test_researchers_never_see_identified_records(
+    mother: Any, child: Any, researcher: Any, records: dict[str, Any]
+) -> None:
+    institute = researcher.memberships.get().organization
+    consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.RESEARCH,
+        categories=[Category.VACCINATIONS],
+        grantee_org=institute,
+    )
+    assert visible_ids(researcher) == set()
+
+
+def test_explain_names_the_consent_that_grants(
+    mother: Any, child: Any, clinic: Any, clinician: Any
+) -> None:
+    consent = grant_clinic(mother, child, clinic)
+    answer = explain(clinician, child, category=Category.VACCINATIONS)
+    assert answer.decision.allowed
+    assert answer.decision.consent_id == consent.pk
+    denied = explain(clinician, child, category=Category.INFANT_CHECKUPS)
+    assert not denied.decision.allowed
+    assert denied.decision.rule == "category_not_granted"
+
+
+def test_emergency_consent_does_not_list_patients(
+    mother: Any, child: Any, emergency_service: Any, responder: Any
+) -> None:
+    f.write_observation(child, category=Category.ALLERGIES_CONDITIONS)
+    consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.EMERGENCY,
+        categories=[Category.ALLERGIES_CONDITIONS],
+        grantee_org=emergency_service,
+    )
+    assert visible_ids(responder) == set()  # no browsing
+    assert decide(responder, child, purpose="emergency")
+    rows = Resource.objects.filter(visible_records(responder, "emergency"))
+    assert {r.category for r in rows if r.resource_type != "Patient"} == {"allergies_conditions"}
+
