@@ -47,7 +47,7 @@ from phr.fhir import (
 from phr.fhir_search import SearchError
 from phr.models import Provenance, Resource, ResourceHistory
 from phr.services import provenance_create
-from sharing.access import Purpose, audit_reveal, decide
+from sharing.access import Purpose, address_hidden_for, audit_reveal, decide, redact_for
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +330,9 @@ class FhirView(APIView):
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         return Response(
-            to_fhir(row), status=status, headers={**version_headers(row), **(headers or {})}
+            redact_for(request.user, to_fhir(row)),
+            status=status,
+            headers={**version_headers(row), **(headers or {})},
         )
 
 
@@ -371,7 +373,7 @@ class TypeView(FhirView):
         entries = [
             {
                 "fullUrl": f"{base}{row.resource_type}/{row.id}",
-                "resource": to_fhir(row),
+                "resource": redact_for(user, to_fhir(row)),
                 "search": {"mode": "match"},
             }
             for row in page.rows
@@ -441,7 +443,9 @@ class InstanceView(FhirView):
                     code="conflict",
                 )
             if resource_type == "Patient":
-                resource = _keep_server_held(resource, current.content)
+                resource = _keep_server_held(
+                    resource, current.content, address_hidden=address_hidden_for(user, current.id)
+                )
             unchanged = not current.deleted and current.content_hash == store.content_hash(
                 store.canonical_content(resource)
             )
@@ -526,7 +530,7 @@ class HistoryView(FhirView):
             )
         if any(not version.deleted for version in page.versions):
             audit_rows(user, [row], action="fhir.history", detail={"interaction": "history"})
-        entries = [history_entry(base, version) for version in page.versions]
+        entries = [history_entry(base, version, request.user) for version in page.versions]
         return Response(bundle("history", total=page.total, links=links, entries=entries))
 
 
@@ -562,7 +566,7 @@ class UnknownEndpointView(FhirView):
 # --------------------------------------------------------------------------
 
 
-def history_entry(base: str, version: ResourceHistory) -> dict[str, Any]:
+def history_entry(base: str, version: ResourceHistory, user: Any) -> dict[str, Any]:
     """A history Bundle entry: the version (none for a deletion), with the
     request that produced it and its outcome."""
     url = f"{version.resource_type}/{version.resource_id}"
@@ -574,7 +578,7 @@ def history_entry(base: str, version: ResourceHistory) -> dict[str, Any]:
         method, status = "PUT", "200 OK"
     entry: dict[str, Any] = {"fullUrl": f"{base}{version.resource_type}/{version.resource_id}"}
     if not version.deleted:
-        entry["resource"] = to_fhir(version)
+        entry["resource"] = redact_for(user, to_fhir(version))
     entry["request"] = {"method": method, "url": url}
     entry["response"] = {
         "status": status,
@@ -657,9 +661,14 @@ def capability_statement(base: str) -> dict[str, Any]:
 SERVER_HELD_PATIENT_ELEMENTS = ("identifier", "link")
 
 
-def _keep_server_held(resource: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+def _keep_server_held(
+    resource: dict[str, Any], stored: dict[str, Any], *, address_hidden: bool = False
+) -> dict[str, Any]:
     kept = {k: v for k, v in resource.items() if k not in SERVER_HELD_PATIENT_ELEMENTS}
     for element in SERVER_HELD_PATIENT_ELEMENTS:
         if element in stored:
             kept[element] = stored[element]
+    # An address the writer could not see (DV block) is not lost by a PUT.
+    if address_hidden and "address" in stored:
+        kept["address"] = stored["address"]
     return kept

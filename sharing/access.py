@@ -50,6 +50,7 @@ __all__ = [
     "audit_reveal",
     "decide",
     "explain",
+    "redact_for",
     "visible_records",
 ]
 
@@ -448,6 +449,30 @@ def explain(user: Any, patient: Patient | uuid.UUID, *, category: str | None = N
         if category is not None and category not in lapsed.categories:
             return Explanation(CATEGORY_NOT_GRANTED, [])
     return Explanation(DENY, [])
+
+
+def address_hidden_for(user: Any, patient_id: uuid.UUID) -> bool:
+    """Under a DV block (DV等支援措置) a person's address is hidden from
+    everyone but the municipal staff who hold it."""
+    from sharing.models import DvBlock
+
+    if not DvBlock.objects.active().filter(patient_id=patient_id).exists():
+        return False
+    return not any(g.rule == "municipal" and _grant_reaches(g, patient_id) for g in _grants(user))
+
+
+def redact_for(user: Any, resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource as this user may see it: a Patient's address removed
+    when it is hidden from them."""
+    if resource.get("resourceType") != "Patient" or "address" not in resource:
+        return resource
+    try:
+        patient_id = uuid.UUID(str(resource.get("id")))
+    except ValueError:
+        return resource
+    if not address_hidden_for(user, patient_id):
+        return resource
+    return {k: v for k, v in resource.items() if k != "address"}
 
 
 def _personal_only(user: Any, patient_id: uuid.UUID) -> bool:

@@ -211,3 +211,46 @@ def test_emergency_consent_does_not_list_patients(
     rows = Resource.objects.filter(visible_records(responder, "emergency"))
     assert {r.category for r in rows if r.resource_type != "Patient"} == {"allergies_conditions"}
 
+
+
+def test_a_dv_block_hides_the_address_from_everyone_but_municipal_staff(
+    mother: Any, mother_patient: Any, child: Any, father: Any, municipal_officer: Any
+) -> None:
+    from rest_framework.test import APIClient
+
+    from phr import services, store
+    from phr.models import Provenance
+
+    row = Resource.objects.get(pk=mother_patient.pk)
+    content = {**row.content, "address": [{"city": "前橋市", "line": ["シェルター1-2-3"]}]}
+    store.record_write(
+        content,
+        provenance=services.provenance_create(origin=Provenance.Origin.MUNICIPALITY),
+        resource_id=mother_patient.pk,
+    )
+    dv_block_set(patient=mother_patient, blocked_user=father, by=municipal_officer)
+
+    def fetched(user: Any) -> dict[str, Any]:
+        client = APIClient()
+        client.force_login(user)
+        response = client.get(f"/fhir/Patient/{mother_patient.pk}")
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert "address" in fetched(municipal_officer)
+    assert "address" not in fetched(mother)
+    # Her own PUT without the address she cannot see keeps it stored.
+    client = APIClient()
+    client.force_login(mother)
+    body = fetched(mother)
+    body["name"][0]["given"] = ["花"]
+    import orjson
+
+    response = client.put(
+        f"/fhir/Patient/{mother_patient.pk}",
+        data=orjson.dumps(body),
+        content_type="application/fhir+json",
+    )
+    assert response.status_code == 200
+    assert "address" in Resource.objects.get(pk=mother_patient.pk).content
