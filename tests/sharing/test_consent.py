@@ -254,3 +254,22 @@ def test_a_dv_block_hides_the_address_from_everyone_but_municipal_staff(
     )
     assert response.status_code == 200
     assert "address" in Resource.objects.get(pk=mother_patient.pk).content
+
+
+def test_a_next_page_link_issued_before_revocation_shows_nothing_after_it(
+    mother: Any, child: Any, clinic: Any, clinician: Any
+) -> None:
+    from rest_framework.test import APIClient
+
+    for n in range(3):
+        f.write_observation(child, category=Category.VACCINATIONS, value=1 + n)
+    consent = grant_clinic(mother, child, clinic)
+    client = APIClient()
+    client.force_login(clinician)
+    first = client.get(f"/fhir/Observation?patient={child.pk}&_count=1").json()
+    assert first["total"] == 3
+    next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    consent_revoke(consent=consent, by=mother)
+    after = client.get(next_url).json()
+    assert after["total"] == 0
+    assert after.get("entry", []) == []
