@@ -19,11 +19,13 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import transaction
+from django.db.models import Q
 from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
@@ -47,6 +49,7 @@ from phr.fhir import (
 from phr.fhir_search import SearchError
 from phr.models import Provenance, Resource, ResourceHistory
 from phr.services import provenance_create
+from sharing import fhir as consent_fhir
 from sharing.access import Purpose, address_hidden_for, audit_reveal, decide, redact_for
 
 logger = logging.getLogger(__name__)
@@ -357,6 +360,8 @@ class TypeView(FhirView):
         return methods
 
     def get(self, request: Request, resource_type: str) -> Response:
+        if resource_type == CONSENT:
+            return consent_search(request)
         self.check_type(resource_type)
         user = request.user
         search = fhir_search.parse_search(resource_type, query_lists(request), user_id=user.pk)
@@ -381,6 +386,7 @@ class TypeView(FhirView):
         return Response(bundle("searchset", total=page.total, links=links, entries=entries))
 
     def post(self, request: Request, resource_type: str) -> Response:
+        refuse_consent_writes(resource_type, "POST")
         self.check_type(resource_type)
         if resource_type not in CREATE_TYPES:
             raise exceptions.MethodNotAllowed(
@@ -408,12 +414,16 @@ class InstanceView(FhirView):
 
     @property
     def allowed_methods(self) -> list[str]:
+        if self.kwargs.get("resource_type") == CONSENT:
+            return ["GET"]
         methods = ["GET", "PUT"]
         if self.kwargs.get("resource_type") in DELETE_TYPES:
             methods.append("DELETE")
         return methods
 
     def get(self, request: Request, resource_type: str, resource_id: str) -> Response:
+        if resource_type == CONSENT:
+            return consent_read(request, resource_id)
         self.check_type(resource_type)
         row = fhir_search.resource_for(request.user, resource_type, resource_id)
         if row is None:
@@ -424,6 +434,7 @@ class InstanceView(FhirView):
         return self.resource_response(request, row)
 
     def put(self, request: Request, resource_type: str, resource_id: str) -> Response:
+        refuse_consent_writes(resource_type, "PUT")
         self.check_type(resource_type)
         user = request.user
         row = self.row_for_write(user, resource_type, resource_id)
@@ -459,6 +470,7 @@ class InstanceView(FhirView):
         return self.resource_response(request, current)
 
     def delete(self, request: Request, resource_type: str, resource_id: str) -> Response:
+        refuse_consent_writes(resource_type, "DELETE")
         self.check_type(resource_type)
         if resource_type not in DELETE_TYPES:
             raise exceptions.MethodNotAllowed(
@@ -551,6 +563,116 @@ class VersionView(FhirView):
         assert row is not None
         audit_rows(user, [row], action="fhir.read", detail={"interaction": "vread"})
         return self.resource_response(request, version)
+
+
+# --------------------------------------------------------------------------
+# Consent: a read-only projection of sharing.Consent rows (sharing/fhir.py)
+# --------------------------------------------------------------------------
+
+CONSENT = "Consent"
+CONSENT_SEARCH_PARAMS = ("_id", "patient")
+
+
+def refuse_consent_writes(resource_type: str, method: str) -> None:
+    # Consents are control data: granted and revoked on the Sharing page
+    # (with re-authentication), never written through the API.
+    if resource_type == CONSENT:
+        raise exceptions.MethodNotAllowed(
+            method, detail="Consent is read-only here; families change it on the Sharing page"
+        )
+
+
+def _consent_id_filter(value: str) -> Q:
+    try:
+        return Q(pk=uuid.UUID(value))
+    except ValueError:
+        return Q(pk__in=[])
+
+
+def consent_read(request: Request, resource_id: str) -> Response:
+    """GET /fhir/Consent/{id}: to whoever decides for the patient, and to
+    the grantee while it is in force; 404 to everyone else."""
+    consent = consent_fhir.consent_for(request.user, resource_id)
+    if consent is None:
+        raise not_found(CONSENT, resource_id)
+    audit_reveal(
+        request.user,
+        [consent.patient_id],
+        action="fhir.read",
+        detail={"interaction": "read", "type": CONSENT},
+    )
+    resource = consent_fhir.consent_resource(consent)
+    return Response(resource, headers={"Last-Modified": http_date(consent.created_at.timestamp())})
+
+
+def consent_search(request: Request) -> Response:
+    """GET /fhir/Consent?patient=…&_id=…: the consents the caller may read,
+    newest first, paged with a signed cursor like record searches."""
+    user = request.user
+    query = query_lists(request)
+    filters = Q()
+    params: list[tuple[str, str]] = []
+    for name, values in query.items():
+        if name in (fhir_search.COUNT, fhir_search.CURSOR) or name in fhir_search.IGNORED:
+            continue
+        if name not in CONSENT_SEARCH_PARAMS:
+            raise SearchError(
+                f"Unknown search parameter {name!r} for Consent; supported: "
+                + ", ".join(CONSENT_SEARCH_PARAMS),
+                code="not-supported",
+            )
+        build = consent_fhir.patient_filter if name == "patient" else _consent_id_filter
+        for value in values:
+            alternatives = [v for v in fhir_search.split_or(value) if v]
+            if not alternatives:
+                raise SearchError(f"Search parameter {name!r} needs a value")
+            any_of = Q(pk__in=[])
+            for alternative in alternatives:
+                any_of |= build(alternative)
+            filters &= any_of
+            params.append((name, value))
+    count = fhir_search.page_size(query.get(fhir_search.COUNT, ()))
+    fingerprint = fhir_search._fingerprint(CONSENT, params)
+    matches = consent_fhir.visible_consents(user).filter(filters)
+    total = matches.count()
+    page = matches.order_by("-created_at", "-pk")
+    if query.get(fhir_search.CURSOR):
+        after = fhir_search.cursor_loads(
+            query[fhir_search.CURSOR][-1], user_id=user.pk, fingerprint=fingerprint
+        )
+        try:
+            moment = datetime.fromisoformat(after["c"])
+            last_id = uuid.UUID(after["id"])
+        except (KeyError, TypeError, ValueError):
+            raise SearchError("Invalid paging cursor") from None
+        page = page.filter(Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=last_id))
+    rows = list(page[: count + 1]) if count else []
+    base = fhir_base(request)
+    links = [("self", request.build_absolute_uri())]
+    if len(rows) > count:
+        rows = rows[:count]
+        cursor = fhir_search.cursor_dumps(
+            user_id=user.pk,
+            fingerprint=fingerprint,
+            position={"c": rows[-1].created_at.isoformat(), "id": str(rows[-1].pk)},
+        )
+        next_query = [*params, ("_count", str(count)), ("_cursor", cursor)]
+        links.append(("next", f"{base}{CONSENT}?{urlencode(next_query)}"))
+    audit_reveal(
+        user,
+        [row.patient_id for row in rows],
+        action="fhir.search",
+        detail={"type": CONSENT},
+    )
+    entries = [
+        {
+            "fullUrl": f"{base}{CONSENT}/{row.pk}",
+            "resource": consent_fhir.consent_resource(row),
+            "search": {"mode": "match"},
+        }
+        for row in rows
+    ]
+    return Response(bundle("searchset", total=total, links=links, entries=entries))
 
 
 class UnknownEndpointView(FhirView):
