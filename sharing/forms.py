@@ -5,7 +5,7 @@ to the field they are about."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -57,8 +57,6 @@ class _GrantForm(forms.Form):
 
 
 class ClinicGrantForm(_GrantForm):
-    kind = "clinic"
-
     clinic = forms.CharField(
         label=_("Clinic name or medical institution code (10 digits)"),
         max_length=200,
@@ -101,8 +99,6 @@ class ClinicGrantForm(_GrantForm):
 
 
 class PersonGrantForm(_GrantForm):
-    kind = "person"
-
     email = forms.CharField(
         label=_("Their email address (the one they use for Hagukumi)"),
         max_length=254,
@@ -165,4 +161,7 @@ class CloseReportForm(forms.Form):
                 self.add_error(target, in_language(message))
 
 
-GRANT_FORMS: dict[str, Any] = {"clinic": ClinicGrantForm, "person": PersonGrantForm}
+GRANT_FORMS: dict[str, type[ClinicGrantForm | PersonGrantForm]] = {
+    "clinic": ClinicGrantForm,
+    "person": PersonGrantForm,
+}

@@ -267,7 +267,7 @@ def _render_reports(
     rows = [{"row": row, "form": forms[row.report.pk]} for row in queue.rows]
     audit_reveal(request.user, queue.patient_ids, action="view.access_reports")
     context = {"queue": queue, "rows": rows, **_nav(request)}
-    return render(request, "sharing/reports.html", context, status=400 if failed else 200)
+    return render(request, "sharing/reports.html", context)
 
 
 @login_required
