@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("fhir/", include("phr.fhir_urls")),
+    path("emergency/", include("sharing.emergency_urls")),
     path("sharing/", include("sharing.urls")),
     path("", include("phr.urls")),
 ]
