@@ -1261,6 +1261,9 @@ def break_glass_send_alerts(*, break_glass_id: int) -> int:
     ).exists()
     if already:
         return 0
+    from django.urls import reverse
+
+    history_url = settings.SITE_URL.rstrip("/") + reverse("sharing:history")
     sent = 0
     recipients = break_glass_alert_recipients(window)
     for user in recipients:
@@ -1288,7 +1291,7 @@ def break_glass_send_alerts(*, break_glass_id: int) -> int:
                 "start": timezone.localtime(window.starts_at, JAPAN).strftime("%Y-%m-%d %H:%M"),
                 "end": timezone.localtime(window.ends_at, JAPAN).strftime("%Y-%m-%d %H:%M"),
                 "reason": BreakGlass.Reason(window.reason).label,
-                "url": settings.SITE_URL,
+                "url": history_url,
             }
             sent += send_mail(subject, body, None, [user.email])
     audit_write(

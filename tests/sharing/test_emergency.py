@@ -608,6 +608,8 @@ def test_it_breaks_the_glass_audits_and_alerts_the_guardians_but_never_a_blocked
     assert "Emergency access" in english.subject
     japanese = next(m for m in mail.outbox if m.to == [mother.email])
     assert "緊急" in japanese.subject
+    assert "/sharing/history/" in japanese.body
+    assert "前橋" not in japanese.body  # no names or health data in the mail
     assert all(father.email not in m.to for m in mail.outbox)
     # Sending again (a task run twice) mails no one twice.
     assert emergency.break_glass_send_alerts(break_glass_id=window.pk) == 0
