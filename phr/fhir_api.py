@@ -744,6 +744,17 @@ def capability_statement(base: str) -> dict[str, Any]:
                 ],
             }
         )
+    # Consent is a read-only projection of the sharing tables.
+    resources.append(
+        {
+            "type": CONSENT,
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": [
+                {"name": "patient", "type": "reference", "documentation": "The consent's patient"},
+                {"name": "_id", "type": "token", "documentation": "Logical id"},
+            ],
+        }
+    )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -45,7 +45,6 @@ def _bilingual(ja: str, en: str) -> str:
     return f"{ja} / {en}"
 
 
-@transaction.atomic
 def consent_grant(
     *,
     patient: Patient,
@@ -109,7 +108,33 @@ def consent_grant(
                 "この方とは共有できません。", "Records cannot be shared with this person."
             )
     if errors:
+        # Validation happens before any transaction, so the audit row of a
+        # refused share to a DV-blocked person stays written.
         raise ValidationError(errors)
+    with transaction.atomic():
+        return _consent_create(
+            patient=patient,
+            by=by,
+            purpose=purpose,
+            categories=categories,
+            grantee_org=grantee_org,
+            grantee_user=grantee_user,
+            starts_at=start,
+            ends_at=ends_at,
+        )
+
+
+def _consent_create(
+    *,
+    patient: Patient,
+    by: User,
+    purpose: str,
+    categories: list[str],
+    grantee_org: Organization | None,
+    grantee_user: User | None,
+    starts_at: datetime,
+    ends_at: datetime | None,
+) -> Consent:
     consent = Consent.objects.create(
         patient=patient,
         granted_by=by,
@@ -117,7 +142,7 @@ def consent_grant(
         grantee_user=grantee_user,
         purpose=purpose,
         categories=sorted(set(categories)),
-        starts_at=start,
+        starts_at=starts_at,
         ends_at=ends_at,
     )
     audit_write(

@@ -181,7 +181,9 @@ def test_it_serves_a_capability_statement_that_validates_as_fhir() -> None:
         "AllergyIntolerance",
         "Condition",
         "Flag",
+        "Consent",
     }
+    assert {i["code"] for i in by_type["Consent"]["interaction"]} == {"read", "search-type"}
 
     def interactions(t: str) -> set[str]:
         return {i["code"] for i in by_type[t]["interaction"]}

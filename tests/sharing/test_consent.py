@@ -273,3 +273,22 @@ def test_a_next_page_link_issued_before_revocation_shows_nothing_after_it(
     after = client.get(next_url).json()
     assert after["total"] == 0
     assert after.get("entry", []) == []
+
+
+def test_a_refused_share_to_a_blocked_person_is_audited(
+    mother: Any, child: Any, father: Any, municipal_officer: Any
+) -> None:
+    from phr.models import AuditEvent
+
+    dv_block_set(patient=child, blocked_user=father, by=municipal_officer)
+    with pytest.raises(ValidationError):
+        consent_grant(
+            patient=child,
+            by=mother,
+            purpose=ConsentPurpose.CARE,
+            categories=[Category.VACCINATIONS],
+            grantee_user=father,
+        )
+    assert AuditEvent.objects.filter(
+        action="consent.refused_dv_block", patient_id=child.pk, outcome="denied"
+    ).exists()
