@@ -75,6 +75,10 @@ BLOOD_TYPE_TOKENS = frozenset(
 #   adds nothing to visible_records() (its filter is an empty Q(), which
 #   Django drops when OR-ing it onto Q(pk__in=[])), so lists, searches and
 #   reads show a platform admin nothing while decide() says yes.
+# - consent_read_emergency_to_person: sharing/fhir.py lets the person an
+#   emergency consent names read it as a FHIR Consent while it is in force;
+#   its docstring (and this oracle) says emergency and research consents are
+#   never listed to their grantees.
 # - decide_submitter_ignores_category: decide(category=c) says yes for a
 #   patient the user's organization submitted *any* record about, even when
 #   none of them is of category c.
@@ -85,6 +89,7 @@ KNOWN_DEVIATIONS = frozenset(
         "decide_no_mfa_denies_person_consent",
         "decide_submitter_ignores_category",
         "platform_admin_lists_nothing",
+        "consent_read_emergency_to_person",
     }
 )
 
@@ -111,6 +116,7 @@ class World:
     mfa: set[int] = field(default_factory=set)
     own_patient: dict[int, uuid.UUID] = field(default_factory=dict)  # account → patient
     patients: set[uuid.UUID] = field(default_factory=set)
+    children: set[uuid.UUID] = field(default_factory=set)  # patients of kind "child"
     guardianships: list[dict[str, Any]] = field(default_factory=list)
     residencies: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[dict[str, Any]] = field(default_factory=list)
@@ -140,8 +146,10 @@ def load_world() -> World:
     for user in User.objects.values("id", "is_active", "is_platform_admin", "is_superuser"):
         world.users[user["id"]] = user
     world.mfa = set(Authenticator.objects.filter(type="totp").values_list("user_id", flat=True))
-    for pid, account in Patient.objects.values_list("id", "account_id"):
+    for pid, account, kind in Patient.objects.values_list("id", "account_id", "kind"):
         world.patients.add(pid)
+        if kind == "child":
+            world.children.add(pid)
         if account is not None:
             world.own_patient[account] = pid
     world.guardianships = list(
@@ -155,6 +163,7 @@ def load_world() -> World:
     )
     world.consents = list(
         Consent.objects.values(
+            "id",
             "patient_id",
             "grantee_org_id",
             "grantee_user_id",
@@ -360,6 +369,46 @@ def _in_emergency_scope(rec: Rec) -> bool:
     )
 
 
+def emergency_patients(world: World, user_id: int | None) -> set[uuid.UUID]:
+    """Patients whose emergency summary the user may open for the emergency
+    purpose: an open break-glass window of hers or the family's opt-in (a
+    responder with MFA), or an emergency consent in force naming her or
+    her emergency service; never a patient she is DV-blocked from."""
+    if user_id is None or not _is_active(world, user_id):
+        return set()
+    found: set[uuid.UUID] = set()
+    if _orgs(world, user_id, EMERGENCY_RESPONDER):
+        for window in world.break_glass:
+            if window["responder_id"] == user_id and (
+                window["starts_at"] <= world.now < window["ends_at"]
+            ):
+                found.add(window["patient_id"])
+        found |= world.emergency_opt_in
+    found |= {c["patient_id"] for c in _consents_for(world, user_id, [EMERGENCY])}
+    return {p for p in found if not _blocked(world, user_id, p)}
+
+
+def emergency_summary_reach(
+    world: World, user_id: int | None, patient_id: uuid.UUID
+) -> set[uuid.UUID] | None:
+    """The records an emergency summary of the patient may show the user:
+    her emergency reach, or (the patient herself, a guardian) the emergency
+    dataset of what she sees anyway; None when she may not open it."""
+    if user_id is None:
+        return None
+    personal = world.own_patient.get(user_id) == patient_id or (
+        patient_id in _children(world, user_id) and not _blocked(world, user_id, patient_id)
+    )
+    if patient_id in emergency_patients(world, user_id):
+        reach = emergency_visible(world, user_id)
+    elif personal and _is_active(world, user_id):
+        listed = listable(world, user_id)
+        reach = {r.id for r in world.records if r.id in listed and _in_emergency_scope(r)}
+    else:
+        return None
+    return {r.id for r in world.records if r.id in reach and patient_id in r.compartments}
+
+
 def emergency_visible(world: World, user_id: int) -> set[uuid.UUID]:
     """What the user may read for purpose "emergency": the emergency dataset
     of patients with an open break-glass window of theirs, of patients whose
@@ -444,3 +493,55 @@ def may_see(
             return True
     user = world.users[user_id]
     return bool(user["is_platform_admin"] and _staff_with_mfa(world, user_id))
+
+
+def decides_for(world: World, user_id: int | None) -> set[uuid.UUID]:
+    """The patients whose sharing the user manages: her own record, and the
+    children she is an active guardian of (unless DV-blocked from them)."""
+    if user_id is None or not _is_active(world, user_id):
+        return set()
+    own = world.own_patient.get(user_id)
+    children = {
+        c
+        for c in _children(world, user_id)
+        if c in world.children and not _blocked(world, user_id, c)
+    }
+    return ({own} if own is not None else set()) | children
+
+
+def readable_consents(
+    world: World, user_id: int | None, *, mimic: frozenset[str] = frozenset()
+) -> set[uuid.UUID]:
+    """The Consent rows the user may read through the FHIR API: every
+    consent of the people she decides for, in any status; and, while in
+    force, the care consents naming her or her clinic (clinic staff with
+    MFA) — never emergency or research consents, which give their grantees
+    no listable access."""
+    if user_id is None or not _is_active(world, user_id):
+        return set()
+    mine = decides_for(world, user_id)
+    in_force_for_me = [c["id"] for c in _consents_for(world, user_id, [CARE])]
+    if "consent_read_emergency_to_person" in mimic:
+        in_force_for_me += [
+            c["id"]
+            for c in _consents_for(world, user_id, [EMERGENCY])
+            if c["grantee_user_id"] == user_id
+        ]
+    return {
+        c["id"]
+        for c in world.consents
+        if not _blocked(world, user_id, c["patient_id"])
+        and (c["patient_id"] in mine or c["id"] in in_force_for_me)
+    }
+
+
+def consented_patients(world: World, user_id: int | None) -> set[uuid.UUID]:
+    """Patients whose care consents in force name the user, or her clinic
+    (clinic staff with MFA): "shared with me"."""
+    if user_id is None or not _is_active(world, user_id):
+        return set()
+    return {
+        c["patient_id"]
+        for c in _consents_for(world, user_id, [CARE])
+        if not _blocked(world, user_id, c["patient_id"])
+    }
