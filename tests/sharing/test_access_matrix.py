@@ -1,0 +1,1647 @@
+"""The access matrix: every route of the project, for every persona and
+verb, with a session and (for the FHIR API) with a bearer token, against a
+declared expectation table (ASVS 4.1.1, 4.2.1, 13.2.1; the Oxide omicron
+pattern in reference/security.md A6).
+
+How it works:
+
+- ROUTES is read from Django's resolver (get_resolver): the admin, allauth's
+  /accounts/ pages, i18n, the OpenAPI schema, the FHIR API and our pages.
+- EXPECTATIONS maps each route pattern, as the resolver spells it, to a
+  Rule. A route the resolver has and the table lacks fails
+  `test_route_is_as_declared[<route>]` with a message saying to add it, so
+  no endpoint ships without a decided rule; an entry no route matches
+  fails `test_the_table_names_no_missing_route`.
+- One world (two families, four clinics, two municipalities, an emergency
+  service, a research institute; consents active, revoked and expired; a DV
+  block; a break-glass window) is built once for the module, and every
+  request that may write runs in a savepoint that is rolled back.
+- Lists and reads are compared, by record id, with tests/sharing/oracle.py,
+  a separate and deliberately simple statement of the rules.
+
+Adding a route is one line in EXPECTATIONS (or in ADMIN_MODELS for a new
+ModelAdmin), for example:
+
+    "sharing/clinics/": page(AUTH, GET=S(user=200)),
+    "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED),
+    "sharing/revoke/": scoped(lambda w: {"consent": w.ids["clinic_consent"]}, DECIDE_FOR_CHILD),
+    "sharing/with-me/": listing(lambda w, p: consented_to(w, p)),
+
+Rule kinds (constructor → what is checked for every persona):
+- page(PUBLIC, …): anyone; the declared status per audience; never patient data.
+- page(AUTH, …): signed-in users (anonymous → login); never patient data.
+- staff(…): the Django admin: platform admins with MFA get the declared
+  status; anyone else goes to the admin login (staff without MFA: MFA set-up).
+- patient_page(allowed): a patient id in the path: the personas allowed per
+  patient get the page with exactly the records the oracle lets them see,
+  everyone else 404.
+- listing(shows): a page naming patients (the family overview, the Sharing
+  page, the access history, "shared with me"): exactly `shows(persona)`.
+- scoped(params, personas): the object travels in the body or query string
+  (Sharing actions): `ok` for those personas, 404 for everyone else, 405
+  for other verbs.
+- Rule(FHIR_…): the FHIR API, against the oracle, with a session and a token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.http import HttpResponse
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
+
+from phr import services, store
+from phr.authentication import api_token_create
+from phr.fhir import to_fhir
+from phr.indexing import SUPPORTED_TYPES
+from phr.models import (
+    AuditEvent,
+    Guardianship,
+    Organization,
+    Patient,
+    Provenance,
+    Resource,
+    Role,
+    User,
+)
+from phr.terminology import LOCAL, Category
+from sharing.emergency import card_create
+from sharing.models import BreakGlass, ConsentPurpose
+from sharing.services import (
+    access_report_create,
+    consent_grant,
+    consent_revoke,
+    dv_block_set,
+    emergency_preference_set,
+)
+from tests import factories as f
+from tests.sharing import oracle
+
+pytestmark = pytest.mark.django_db
+
+FHIR_JSON = "application/fhir+json"
+LOGIN_URL = "/accounts/login/"
+MFA_SETUP_URL = "/accounts/2fa/totp/activate/"
+ADMIN_LOGIN_URL = "/admin/login/"
+
+# --------------------------------------------------------------------------
+# Personas
+# --------------------------------------------------------------------------
+
+ANONYMOUS = "anonymous"
+PERSONAS = (
+    ANONYMOUS,
+    "mother",  # the adult patient; guardian of the child
+    "father",  # the child's other guardian: not the mother's own records
+    "blocked_guardian",  # a guardian of the child under a DV block
+    "grandmother",  # a person the mother shares her vitals with
+    "neighbour",  # the other family's mother (the other tenant, IDOR)
+    "clinician",  # clinic with a care consent for the child; submitted the mother's checkups
+    "unconsented_clinician",
+    "revoked_clinician",  # their clinic's consent was revoked
+    "expired_clinician",  # their clinic's consent ran out
+    "municipal_officer",  # the family's municipality
+    "other_municipal_officer",  # the neighbour's municipality
+    "staff_without_mfa",  # municipal staff of the family's town, no authenticator
+    "responder",  # emergency service: an open break-glass window, a family opt-in
+    "researcher",  # an institute named in a research consent
+    "stranger",
+    "platform_admin",  # with MFA
+    "admin_without_mfa",
+)
+# Staff without an authenticator: pages send them to set one up; the API
+# answers them like anyone with no access.
+NEEDS_MFA = frozenset({"staff_without_mfa", "admin_without_mfa"})
+# Paths those staff still reach (phr.middleware.StaffMfaSetupMiddleware).
+MFA_EXEMPT = ("accounts/", "i18n/", "fhir/", "api/")
+PATIENTS = ("mother_patient", "child", "neighbour_child")
+# Those who decide who sees the child's records (its guardians, not blocked).
+DECIDE_FOR_CHILD = frozenset({"mother", "father"})
+# The oracle reproduces the policy point's known deviations (each pinned by
+# a strict xfail test in test_access_properties.py), so this matrix checks
+# everything else; remove one from oracle.KNOWN_DEVIATIONS once it is fixed.
+MIMIC = oracle.KNOWN_DEVIATIONS
+
+# --------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------
+
+PUBLIC = "public"
+AUTH = "auth"
+STAFF = "staff"
+PATIENT = "patient"
+LISTING = "listing"
+SCOPED = "scoped"
+FHIR_METADATA = "fhir-metadata"
+FHIR_TYPE = "fhir-type"
+FHIR_INSTANCE = "fhir-instance"
+FHIR_HISTORY = "fhir-history"
+FHIR_VERSION = "fhir-version"
+FHIR_UNKNOWN = "fhir-unknown"
+
+Statuses = dict[str, int]
+
+
+def S(**audiences: int) -> Statuses:
+    """Status by audience. An audience is a persona name, or one of:
+    `needs_mfa` (staff without MFA), `admin` (platform admin with MFA),
+    `mfa` / `no_mfa` (signed in, with or without an authenticator), `user`
+    (anyone signed in), `anonymous`, `anyone`. The most specific wins."""
+    return audiences
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    # verb → audience → status (page kinds); FHIR and PATIENT kinds decide
+    # per record from the oracle.
+    verbs: dict[str, Statuses] = field(default_factory=dict)
+    # Where the path has regex groups, the path to request (or a function
+    # of the world giving it).
+    sample: str | Callable[[World], str] = ""
+    # PATIENT: who may open each patient's page, and which of the patient's
+    # records it may show a persona (None: every record the oracle lists,
+    # exactly; else at most these, and at least their allergies).
+    allowed: dict[str, frozenset[str]] = field(default_factory=dict)
+    reach: Callable[[World, str, Patient], set[uuid.UUID]] | None = None
+    # LISTING: the patients (by world name) each persona's page names.
+    shows: Callable[[World, str], set[str]] | None = None
+    # SCOPED: the request's parameters (query string or POST body), the
+    # personas it is for, and the status they get (others: 404).
+    params: Callable[[World], dict[str, str]] | None = None
+    verb: str = "POST"
+    ok: int = 302
+    for_personas: frozenset[str] = frozenset()
+
+
+def page(kind: str, sample: str = "", **verbs: Statuses) -> Rule:
+    return Rule(kind, verbs=verbs, sample=sample)
+
+
+def patient_page(
+    allowed: dict[str, frozenset[str]],
+    reach: Callable[[World, str, Patient], set[uuid.UUID]] | None = None,
+    **verbs: Statuses,
+) -> Rule:
+    return Rule(PATIENT, verbs=verbs or {"GET": S()}, allowed=allowed, reach=reach)
+
+
+def listing(
+    shows: Callable[[World, str], set[str]],
+    sample: str | Callable[[World], str] = "",
+    **verbs: Statuses,
+) -> Rule:
+    """A page naming some patients (a family's, those shared with me …):
+    exactly `shows(world, persona)` of them; 200 unless `verbs` says else.
+    Anonymous goes to the login page unless `verbs` says else."""
+    return Rule(LISTING, verbs=verbs or {"GET": S(user=200)}, shows=shows, sample=sample)
+
+
+def scoped(
+    params: Callable[[World], dict[str, str]],
+    for_personas: frozenset[str],
+    *,
+    verb: str = "POST",
+    ok: int = 302,
+) -> Rule:
+    """A page or action whose object travels in the query string or POST
+    body: `ok` for `for_personas`, 404 for everyone else signed in (the
+    object missing and not theirs alike); other verbs 405."""
+    return Rule(SCOPED, params=params, for_personas=for_personas, verb=verb, ok=ok)
+
+
+def staff(sample: str = "", **verbs: int) -> Rule:
+    """A Django admin route: `verbs` gives the platform admin's status;
+    everyone else is sent to the admin login (or to MFA setup)."""
+    return Rule(STAFF, verbs={v: S(admin=s) for v, s in verbs.items()}, sample=sample)
+
+
+# Who may open a person's page (and read that person at all), per patient.
+# Checked against the oracle too (test_the_patient_table_agrees_with_the_oracle).
+PERSON_PAGE_ALLOWED = {
+    "mother_patient": frozenset(
+        {"mother", "grandmother", "clinician", "municipal_officer", "platform_admin"}
+    ),
+    "child": frozenset({"mother", "father", "clinician", "municipal_officer", "platform_admin"}),
+    # The neighbour's child moved from the family's town, which still sees
+    # the checkup it submitted then.
+    "neighbour_child": frozenset(
+        {"neighbour", "municipal_officer", "other_municipal_officer", "platform_admin"}
+    ),
+}
+
+# Who may open a person's emergency summary: the family (personal), and for
+# the emergency purpose a responder with an open break-glass window (the
+# mother) or the family's opt-in (the child), and the grandmother, whom an
+# emergency consent names. Checked against the oracle too.
+SUMMARY_ALLOWED = {
+    "mother_patient": frozenset({"mother", "responder", "grandmother"}),
+    "child": frozenset({"mother", "father", "responder"}),
+    "neighbour_child": frozenset({"neighbour"}),
+}
+
+
+def summary_reach(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    reach = oracle.emergency_summary_reach(world.snapshot, world.user_id(persona), patient.pk)
+    return reach or set()
+
+
+# The Django admin's per-model routes, generated for each registered model
+# ("app_label/model_name"). A new ModelAdmin adds six routes: add its line.
+ADMIN_MODEL_ROUTES = {
+    "": staff(GET=200, POST=200),  # changelist (POST: an action with nothing selected)
+    "add/": staff(GET=200, POST=200),  # POST without data: the form with errors
+    "<path:object_id>/history/": staff(GET=200, POST=200),
+    "<path:object_id>/delete/": staff(GET=200, POST=200),  # POST without "post": asks again
+    "<path:object_id>/change/": staff(GET=200, POST=200),
+    "<path:object_id>/": staff(GET=302, POST=302),  # redirects to change/
+}
+ADMIN_MODELS: dict[str, dict[str, Rule]] = {
+    "auth/group": {},
+    "django_celery_beat/periodictask": {},
+    "django_celery_beat/clockedschedule": {},
+    "django_celery_beat/crontabschedule": {},
+    "django_celery_beat/solarschedule": {},
+    "django_celery_beat/intervalschedule": {},
+    "account/emailaddress": {},
+    "mfa/authenticator": {},
+    "phr/user": {},
+    "phr/organization": {},
+    "phr/membership": {},
+    "phr/guardianship": {},
+    "phr/residency": {},
+    "phr/apitoken": {},
+    # Every field of a job is read-only: an empty POST saves and redirects.
+    "phr/job": {
+        "add/": staff(GET=200, POST=302),
+        "<path:object_id>/change/": staff(GET=200, POST=302),
+    },
+}
+
+# The admin's per-app index lists the registered app labels in a regex;
+# the table names it once.
+ADMIN_APP_INDEX = "admin/^(?P<app_label>…)/$"
+
+EXPECTATIONS: dict[str, Rule] = {
+    # --- language switch: anyone, a redirect back ----------------------------
+    "i18n/setlang/": page(PUBLIC, GET=S(anyone=302, needs_mfa=302), POST=S(anyone=302)),
+    # --- allauth: sign-in and account pages -----------------------------------
+    "accounts/login/": page(
+        PUBLIC, GET=S(anonymous=200, user=302), POST=S(anonymous=200, user=302)
+    ),
+    # Signed out already: allauth sends one home.
+    "accounts/logout/": page(PUBLIC, GET=S(anonymous=302, user=200), POST=S(anyone=302)),
+    "accounts/inactive/": page(PUBLIC, GET=S(anyone=200)),
+    "accounts/signup/": page(
+        PUBLIC, GET=S(anonymous=200, user=302), POST=S(anonymous=200, user=302)
+    ),
+    "accounts/reauthenticate/": page(AUTH, GET=S(user=200), POST=S(user=200)),
+    "accounts/email/": page(AUTH, GET=S(user=200), POST=S(user=302)),
+    "accounts/confirm-email/": page(PUBLIC, GET=S(anyone=200)),
+    "accounts/password/change/": page(AUTH, GET=S(user=200), POST=S(user=200)),
+    "accounts/password/set/": page(AUTH, GET=S(user=302), POST=S(user=302)),
+    "accounts/password/reset/": page(PUBLIC, GET=S(anyone=200), POST=S(anyone=200)),
+    "accounts/login/code/confirm/": page(PUBLIC, GET=S(anyone=302), POST=S(anyone=302)),
+    "accounts/^confirm-email/(?P<key>[-:\\w]+)/$": page(
+        PUBLIC, "accounts/confirm-email/not-a-key/", GET=S(anyone=200), POST=S(anyone=404)
+    ),
+    "accounts/password/reset/key/done/": page(PUBLIC, GET=S(anyone=200)),
+    "accounts/^password/reset/key/(?P<uidb36>[0-9A-Za-z]+)-(?P<key>.+)/$": page(
+        PUBLIC,
+        "accounts/password/reset/key/1-not-a-key/",
+        GET=S(anyone=200),
+        POST=S(anyone=200),
+    ),
+    "accounts/password/reset/done/": page(PUBLIC, GET=S(anyone=200)),
+    "accounts/2fa/": page(AUTH, GET=S(user=200)),
+    "accounts/2fa/authenticate/": page(PUBLIC, GET=S(anyone=302), POST=S(anyone=302)),
+    "accounts/2fa/reauthenticate/": page(
+        AUTH, GET=S(mfa=200, no_mfa=302), POST=S(mfa=200, no_mfa=302)
+    ),
+    # Activation asks for a fresh re-authentication first.
+    "accounts/2fa/totp/activate/": page(AUTH, GET=S(user=302), POST=S(user=302)),
+    "accounts/2fa/totp/deactivate/": page(
+        AUTH, GET=S(mfa=302, no_mfa=404), POST=S(mfa=302, no_mfa=404)
+    ),
+    # None of the personas has recovery codes: allauth answers 404.
+    "accounts/2fa/recovery-codes/": page(AUTH, GET=S(user=404)),
+    "accounts/2fa/recovery-codes/generate/": page(AUTH, GET=S(user=302), POST=S(user=302)),
+    "accounts/2fa/recovery-codes/download/": page(AUTH, GET=S(user=404)),
+    # --- Django admin: platform admins with MFA -------------------------------
+    "admin/": staff(GET=200),
+    "admin/login/": page(
+        PUBLIC,
+        GET=S(anonymous=200, user=200, needs_mfa=302, admin=302),
+        POST=S(anonymous=200, user=200, needs_mfa=302, admin=200),
+    ),
+    "admin/logout/": staff(GET=405, POST=200),
+    "admin/password_change/": staff(GET=200, POST=200),
+    "admin/password_change/done/": staff(GET=200),
+    "admin/autocomplete/": staff(GET=403),  # needs a model and a field to answer
+    "admin/jsi18n/": staff(GET=200),
+    "admin/r/<path:content_type_id>/<path:object_id>/": staff(GET=404),  # no view_on_site
+    "admin/phr/user/<id>/password/": staff(GET=200, POST=200),
+    ADMIN_APP_INDEX: staff("admin/phr/", GET=200),
+    "admin/(?P<url>.*)$": staff("admin/no-such-page/", GET=404),
+    # --- OpenAPI schema of our JSON APIs: signed-in users ---------------------
+    "api/schema/": page(AUTH, GET=S(anonymous=401, user=200), POST=S(anonymous=401, user=405)),
+    # --- FHIR R4 API ----------------------------------------------------------
+    "fhir/metadata": Rule(FHIR_METADATA),
+    "fhir/<str:resource_type>": Rule(FHIR_TYPE),
+    "fhir/<str:resource_type>/<str:resource_id>": Rule(FHIR_INSTANCE),
+    "fhir/<str:resource_type>/<str:resource_id>/_history": Rule(FHIR_HISTORY),
+    "fhir/<str:resource_type>/<str:resource_id>/_history/<str:version_id>": Rule(FHIR_VERSION),
+    "fhir/^.*$": Rule(FHIR_UNKNOWN),
+    # --- the family's pages ---------------------------------------------------
+    "": listing(lambda w, p: own_family(w, p)),
+    "people/<uuid:patient_id>/": patient_page(PERSON_PAGE_ALLOWED),
+    # --- Sharing (sharing/urls.py): ids travel in bodies and query strings -----
+    "sharing/": listing(lambda w, p: own_family(w, p), POST=S(user=405)),
+    "sharing/grant/": page(  # POST only; re-authentication first, whoever asks
+        AUTH, GET=S(anyone=405), POST=S(anonymous=302, user=302)
+    ),
+    "sharing/revoke/": scoped(lambda w: {"consent": w.ids["clinic_consent"]}, DECIDE_FOR_CHILD),
+    "sharing/emergency/": scoped(
+        lambda w: {"patient": w.ids["child"], "share_summary": "on", "contact_note": "祖母"},
+        DECIDE_FOR_CHILD,
+    ),
+    "sharing/clinics/": page(AUTH, "sharing/clinics/?q=Matrix", GET=S(user=200)),
+    "sharing/why/": scoped(
+        lambda w: {"patient": w.ids["child"], "grantee": f"org:{w.ids['clinic']}"},
+        DECIDE_FOR_CHILD,
+        verb="GET",
+        ok=200,
+    ),
+    "sharing/history/": listing(lambda w, p: accessed_by_others(w, p)),
+    "sharing/history/report/": scoped(
+        lambda w: {"audit_event": w.ids["block_event"], "note": "?"}, DECIDE_FOR_CHILD
+    ),
+    "sharing/reports/": listing(
+        lambda w, p: {"child"} if p == "municipal_officer" else set(),
+        GET=S(user=404, municipal_officer=200),
+    ),
+    "sharing/reports/close/": scoped(
+        lambda w: {"report": w.ids["report"], "resolution": "checked"},
+        frozenset({"municipal_officer"}),
+    ),
+    "sharing/with-me/": listing(lambda w, p: consented_to(w, p)),
+    # --- Emergency access (sharing/emergency_urls.py) --------------------------
+    "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED, summary_reach),
+    "emergency/summary/<uuid:patient_id>.json": patient_page(SUMMARY_ALLOWED, summary_reach),
+    # Responders with MFA only; the search answers "one/no match" (an empty
+    # POST: 400), open and break-glass need a match in the session first.
+    "emergency/find/": page(AUTH, GET=S(user=404, responder=200), POST=S(user=404, responder=400)),
+    "emergency/open/": page(AUTH, GET=S(user=404, responder=405), POST=S(user=404, responder=302)),
+    "emergency/break-glass/": page(
+        AUTH, GET=S(user=404, responder=405), POST=S(user=404, responder=302)
+    ),
+    # The privacy officer's review queue of break-glass uses (the mother's):
+    # it names the responder and the reason, never the patient.
+    "emergency/reviews/": listing(
+        lambda w, p: set(),
+        GET=S(user=404, municipal_officer=200),
+        POST=S(user=404, municipal_officer=404),
+    ),
+    "emergency/card/": listing(lambda w, p: own_family(w, p), POST=S(user=404)),
+    # A card's link opens the child's summary for anyone holding it, no
+    # login; an unknown token gets the same "not valid" page (404).
+    "emergency/^c/(?P<token>[^/]{1,200})/$": listing(
+        lambda w, p: {"child"},
+        sample=lambda w: f"emergency/c/{w.ids['card_token']}/",
+        GET=S(anyone=200),
+    ),
+}
+for _model, _overrides in ADMIN_MODELS.items():
+    for _suffix, _rule in {**ADMIN_MODEL_ROUTES, **_overrides}.items():
+        EXPECTATIONS[f"admin/{_model}/{_suffix}"] = _rule
+
+
+# Cells that answer wrongly today: skipped by the matrix, each pinned by a
+# strict xfail test below. Delete the line when the application is fixed.
+KNOWN_BROKEN: dict[tuple[str, str, str], str] = {
+    # Membership.clean() runs Role(self.role) on an empty role: ValueError, 500.
+    ("admin/phr/membership/add/", "POST", "platform_admin"): (
+        "test_the_admin_answers_a_membership_without_a_role_with_a_form_error"
+    ),
+}
+
+
+# --------------------------------------------------------------------------
+# The routes, from the resolver
+# --------------------------------------------------------------------------
+
+
+def _walk(patterns: list[Any], prefix: str = "") -> Iterator[tuple[str, URLPattern]]:
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _walk(pattern.url_patterns, prefix + str(pattern.pattern))
+        elif isinstance(pattern, URLPattern):
+            yield prefix + str(pattern.pattern), pattern
+
+
+def _table_key(route: str) -> str:
+    # The admin's app index regex lists every app with a ModelAdmin.
+    if route.startswith("admin/^(?P<app_label>"):
+        return ADMIN_APP_INDEX
+    return route
+
+
+def project_routes() -> list[str]:
+    return sorted({_table_key(route) for route, _ in _walk(get_resolver().url_patterns)})
+
+
+ROUTES = project_routes()
+
+
+# --------------------------------------------------------------------------
+# The world
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    users: dict[str, User | None]
+    patients: dict[str, Patient]
+    records: dict[str, uuid.UUID]
+    markers: dict[uuid.UUID, str]  # what the person page shows of a record
+    sessions: dict[str, str]
+    tokens: dict[str, str]
+    admin_objects: dict[str, str]
+    # Strings that identify the patients: names and resident numbers.
+    phi: dict[str, list[str]]
+    snapshot: oracle.World
+    # Ids the SCOPED rules send (consents, audit rows, reports …).
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def user_id(self, persona: str) -> int | None:
+        user = self.users[persona]
+        return None if user is None else user.pk
+
+    def has_mfa(self, persona: str) -> bool:
+        user_id = self.user_id(persona)
+        return user_id is not None and user_id in self.snapshot.mfa
+
+
+def _write(
+    resource: dict[str, Any], *, origin: str, organization: Organization | None = None
+) -> uuid.UUID:
+    provenance = services.provenance_create(origin=origin, organization=organization)
+    rid, _, _ = store.record_write(resource, provenance=provenance)
+    return rid
+
+
+def _ref(patient: Patient) -> dict[str, str]:
+    return {"reference": f"Patient/{patient.pk}"}
+
+
+def _quantity_observation(
+    patient: Patient, code: str, value: float, unit: str, category: str | None = None
+) -> dict[str, Any]:
+    return f.observation(patient, code=code, value=value, unit=unit, category=category)
+
+
+def build_world() -> World:
+    now = timezone.now()
+    town = f.MunicipalityFactory(name="鈴蘭町")
+    other_town = f.MunicipalityFactory(name="桔梗村")
+    clinic = f.ClinicFactory(name="Matrix Clinic")
+    other_clinic, revoked_clinic, expired_clinic = (f.ClinicFactory() for _ in range(3))
+    ems = Organization.objects.create(
+        kind=Organization.Kind.EMERGENCY, code="EMS-MATRIX", name="Matrix EMS"
+    )
+    institute = Organization.objects.create(
+        kind=Organization.Kind.RESEARCH, code="RES-MATRIX", name="Matrix Institute"
+    )
+
+    users: dict[str, User | None] = {ANONYMOUS: None}
+    for name in ("mother", "father", "blocked_guardian", "grandmother", "neighbour", "stranger"):
+        users[name] = f.UserFactory(email=f"{name}@matrix.example.jp")
+    users["clinician"] = f.make_member(Role.CLINIC_STAFF, clinic)
+    users["unconsented_clinician"] = f.make_member(Role.CLINIC_STAFF, other_clinic)
+    users["revoked_clinician"] = f.make_member(Role.CLINIC_STAFF, revoked_clinic)
+    users["expired_clinician"] = f.make_member(Role.CLINIC_STAFF, expired_clinic)
+    users["municipal_officer"] = f.make_member(Role.MUNICIPAL_STAFF, town)
+    # The town's privacy officer (reports of suspicious access go to her).
+    users["municipal_officer"].memberships.update(is_privacy_officer=True)
+    users["other_municipal_officer"] = f.make_member(Role.MUNICIPAL_STAFF, other_town)
+    users["staff_without_mfa"] = f.make_member(Role.MUNICIPAL_STAFF, town, mfa=False)
+    users["responder"] = f.make_member(Role.EMERGENCY_RESPONDER, ems)
+    users["researcher"] = f.make_member(Role.RESEARCHER, institute)
+    admins = {"platform_admin": True, "admin_without_mfa": False}
+    for name, mfa in admins.items():
+        admin = f.UserFactory(is_staff=True, is_superuser=True, is_platform_admin=True)
+        if mfa:
+            f.enable_totp(admin)
+        users[name] = admin
+    people = {k: v for k, v in users.items() if v is not None}
+
+    mother_patient = f.make_patient(
+        kind=Patient.Kind.ADULT, family="鈴蘭", given="葵衣", account=people["mother"]
+    )
+    child = f.make_patient(family="鈴蘭", given="陽翔太")
+    neighbour_child = f.make_patient(family="桔梗", given="蓮司")
+    patients = {
+        "mother_patient": mother_patient,
+        "child": child,
+        "neighbour_child": neighbour_child,
+    }
+    services.residency_add(patient=mother_patient, municipality=town, resident_number="RN-M-4711")
+    services.residency_add(patient=child, municipality=town, resident_number="RN-C-4712")
+    services.residency_add(
+        patient=neighbour_child,
+        municipality=town,
+        resident_number="RN-N-4713",
+        valid_from=date(2024, 1, 1),
+    )
+    # The neighbour's child moved away last year; its old town keeps what it submitted.
+    neighbour_child.residencies.filter(municipality=town).update(valid_to=date(2025, 3, 31))
+    services.residency_add(
+        patient=neighbour_child,
+        municipality=other_town,
+        resident_number="RN-N-4714",
+        valid_from=date(2025, 4, 1),
+    )
+    relationship = Guardianship.Relationship
+    services.guardianship_add(
+        guardian=people["mother"], child=child, relationship=relationship.MOTHER
+    )
+    services.guardianship_add(
+        guardian=people["father"], child=child, relationship=relationship.FATHER
+    )
+    services.guardianship_add(
+        guardian=people["blocked_guardian"], child=child, relationship=relationship.OTHER
+    )
+    services.guardianship_add(
+        guardian=people["neighbour"], child=neighbour_child, relationship=relationship.MOTHER
+    )
+    dv_block_set(
+        patient=child, blocked_user=people["blocked_guardian"], by=people["municipal_officer"]
+    )
+
+    mother = people["mother"]
+    clinic_consent = consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=[Category.VACCINATIONS, Category.ALLERGIES_CONDITIONS],
+        grantee_org=clinic,
+    )
+    # An emergency consent naming a person: no listable access, and (per
+    # sharing/fhir.py) not readable by its grantee as a FHIR Consent.
+    consent_grant(
+        patient=mother_patient,
+        by=mother,
+        purpose=ConsentPurpose.EMERGENCY,
+        categories=[Category.ALLERGIES_CONDITIONS],
+        grantee_user=people["grandmother"],
+    )
+    consent_grant(
+        patient=mother_patient,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=[Category.VITALS],
+        grantee_user=people["grandmother"],
+    )
+    revoked = consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=list(Category.values),
+        grantee_org=revoked_clinic,
+    )
+    consent_revoke(consent=revoked, by=mother)
+    consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=list(Category.values),
+        grantee_org=expired_clinic,
+        starts_at=now - timedelta(days=30),
+        ends_at=now - timedelta(days=1),
+    )
+    consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.RESEARCH,
+        categories=list(Category.values),
+        grantee_org=institute,
+    )
+    emergency_preference_set(patient=child, by=mother, share_summary=True)
+    # The mother reports the DV block's audit row as suspicious (it is the
+    # one access to the child by someone else): the officer's queue has it.
+    block_event = AuditEvent.objects.get(action="dv_block.set", patient_id=child.pk)
+    report = access_report_create(audit_event_id=block_event.pk, patient=child, by=mother)
+    BreakGlass.objects.create(
+        responder=people["responder"],
+        organization=ems,
+        patient=mother_patient,
+        reason=BreakGlass.Reason.OBSTETRIC,
+        justification="matrix: unconscious at the station",
+        ends_at=now + timedelta(hours=4),
+        review_municipality=town,
+    )
+    _card, card_token = card_create(patient=child, by=mother)
+
+    origin = Provenance.Origin
+    records: dict[str, uuid.UUID] = {}
+    markers: dict[uuid.UUID, str] = {}
+
+    def add(name: str, resource: dict[str, Any], marker: str, **how: Any) -> None:
+        rid = _write(resource, **how)
+        records[name] = rid
+        markers[rid] = marker
+
+    # The child: a vaccination and a checkup from the town, a home weight, an
+    # allergy the clinic recorded, and a deleted home temperature.
+    add(
+        "child_vaccination",
+        {
+            "resourceType": "Immunization",
+            "status": "completed",
+            "vaccineCode": {"text": "mk-vaccine-hib"},
+            "patient": _ref(child),
+            "occurrenceDateTime": "2026-01-10",
+        },
+        "mk-vaccine-hib",
+        origin=origin.MUNICIPALITY,
+        organization=town,
+    )
+    add(
+        "child_checkup",
+        _quantity_observation(child, "9843-4", 41.37, "cm", Category.INFANT_CHECKUPS),
+        "41.37",
+        origin=origin.MUNICIPALITY,
+        organization=town,
+    )
+    add(
+        "child_home_weight",
+        _quantity_observation(child, "29463-7", 8.213, "kg"),
+        "8.213",
+        origin=origin.SELF,
+    )
+    add(
+        "child_allergy",
+        {
+            "resourceType": "AllergyIntolerance",
+            "patient": _ref(child),
+            "code": {"text": "mk-allergy-egg"},
+            "recordedDate": "2026-02-01",
+        },
+        "mk-allergy-egg",
+        origin=origin.CLINIC,
+        organization=clinic,
+    )
+    deleted = _quantity_observation(child, "8310-5", 37.91, "Cel")
+    add("child_deleted", deleted, "37.91", origin=origin.SELF)
+    store.record_delete(
+        resource_type="Observation",
+        resource_id=records["child_deleted"],
+        provenance=services.provenance_create(
+            origin=origin.SELF, user=mother, activity=Provenance.Activity.DELETE
+        ),
+    )
+    # The mother: her own temperature, a pregnancy, and the clinic's
+    # prenatal checkup and (clinic-only) HIV test.
+    add(
+        "mother_temperature",
+        _quantity_observation(mother_patient, "8310-5", 36.77, "Cel"),
+        "36.77",
+        origin=origin.SELF,
+    )
+    add(
+        "mother_pregnancy",
+        {
+            "resourceType": "EpisodeOfCare",
+            "status": "active",
+            "type": [{"text": "mk-pregnancy"}],
+            "patient": _ref(mother_patient),
+            "period": {"start": "2026-03-01"},
+        },
+        "mk-pregnancy",
+        origin=origin.CLINIC,
+        organization=clinic,
+    )
+    add(
+        "mother_fundal_height",
+        _quantity_observation(mother_patient, "11881-0", 28.43, "cm"),
+        "28.43",
+        origin=origin.CLINIC,
+        organization=clinic,
+    )
+    hiv = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOCAL, "code": "hiv-antibody"}]},
+        "subject": _ref(mother_patient),
+        "effectiveDateTime": "2026-04-01",
+        "valueString": "mk-hiv-negative",
+    }
+    add("mother_hiv", hiv, "mk-hiv-negative", origin=origin.CLINIC, organization=clinic)
+    # The neighbour's child: a checkup its old town submitted before the
+    # move, and a home weight.
+    add(
+        "neighbour_checkup",
+        _quantity_observation(neighbour_child, "9843-4", 39.55, "cm", Category.INFANT_CHECKUPS),
+        "39.55",
+        origin=origin.MUNICIPALITY,
+        organization=town,
+    )
+    add(
+        "neighbour_home_weight",
+        _quantity_observation(neighbour_child, "29463-7", 7.771, "kg"),
+        "7.771",
+        origin=origin.SELF,
+    )
+    for name, patient in patients.items():
+        records[name] = patient.pk
+
+    sessions: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for name, user in people.items():
+        client = Client()
+        client.force_login(user)
+        sessions[name] = client.cookies[settings.SESSION_COOKIE_NAME].value
+        tokens[name] = api_token_create(user=user, name=f"matrix {name}")[1]
+
+    admin_objects = _admin_objects(people)
+    return World(
+        users=users,
+        patients=patients,
+        records=records,
+        markers=markers,
+        sessions=sessions,
+        tokens=tokens,
+        admin_objects=admin_objects,
+        phi={
+            "mother_patient": ["鈴蘭 葵衣", "葵衣", "RN-M-4711"],
+            "child": ["陽翔太", "RN-C-4712"],
+            "neighbour_child": ["桔梗 蓮司", "蓮司", "RN-N-4713", "RN-N-4714"],
+        },
+        snapshot=oracle.load_world(),
+        ids={
+            "child": str(child.pk),
+            "clinic": str(clinic.pk),
+            "clinic_consent": str(clinic_consent.pk),
+            "block_event": str(block_event.pk),
+            "report": str(report.pk),
+            "card_token": card_token,
+        },
+    )
+
+
+def _admin_objects(people: dict[str, User]) -> dict[str, str]:
+    """One object of each model the admin shows, for its object routes."""
+    from allauth.account.models import EmailAddress
+    from allauth.mfa.models import Authenticator
+    from django.contrib.auth.models import Group
+    from django_celery_beat.models import (
+        ClockedSchedule,
+        CrontabSchedule,
+        IntervalSchedule,
+        PeriodicTask,
+        SolarSchedule,
+    )
+
+    from phr.models import ApiToken, Job, Membership, Residency
+
+    mother = people["mother"]
+    interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.MINUTES)
+    objects = {
+        "auth/group": Group.objects.create(name="matrix"),
+        "django_celery_beat/periodictask": PeriodicTask.objects.create(
+            name="matrix", task="phr.tasks.noop", interval=interval
+        ),
+        "django_celery_beat/clockedschedule": ClockedSchedule.objects.create(
+            clocked_time=timezone.now()
+        ),
+        "django_celery_beat/crontabschedule": CrontabSchedule.objects.create(),
+        "django_celery_beat/solarschedule": SolarSchedule.objects.create(
+            event="sunrise", latitude=36.39, longitude=139.06
+        ),
+        "django_celery_beat/intervalschedule": interval,
+        "account/emailaddress": EmailAddress.objects.create(
+            user=mother, email=mother.email, verified=True, primary=True
+        ),
+        "mfa/authenticator": Authenticator.objects.filter(user=people["clinician"]).first(),
+        "phr/user": mother,
+        "phr/organization": Organization.objects.filter(kind="clinic").first(),
+        "phr/membership": Membership.objects.first(),
+        "phr/guardianship": Guardianship.objects.first(),
+        "phr/residency": Residency.objects.first(),
+        "phr/apitoken": ApiToken.objects.first(),
+        "phr/job": Job.objects.create(kind="matrix"),
+    }
+    return {name: str(obj.pk) for name, obj in objects.items()}
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[World]:
+    """Built once for the module inside a transaction that is rolled back at
+    the end; each test runs in a savepoint of it (pytest-django)."""
+    with django_db_blocker.unblock(), transaction.atomic():
+        yield build_world()
+        transaction.set_rollback(True)
+
+
+# --------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    persona: str
+    verb: str
+    url: str
+    token: bool = False
+
+    def __str__(self) -> str:
+        how = "token" if self.token else "session"
+        return f"{self.verb} /{self.url} as {self.persona} ({how})"
+
+
+def call(world: World, c: Call, body: Any = None) -> HttpResponse:
+    """Make one request, in a savepoint that is rolled back: writes, audit
+    rows and session changes vanish, so every persona meets the same world
+    (the access history of one request never shows another's)."""
+    client = Client()
+    headers: dict[str, str] = {}
+    if c.token:
+        headers["HTTP_AUTHORIZATION"] = f"Bearer {world.tokens[c.persona]}"
+    elif c.persona != ANONYMOUS:
+        client.cookies[settings.SESSION_COOKIE_NAME] = world.sessions[c.persona]
+    url = "/" + c.url
+    if c.url.startswith("emergency/c/"):
+        # Card links are rate-limited per address (sharing.emergency_views):
+        # the matrix opens one far more often than a person would.
+        cache.delete("emergency:card-ip:127.0.0.1")
+    method = getattr(client, c.verb.lower())
+    with transaction.atomic():
+        if body is None:
+            response = method(url, **headers)
+        elif c.verb == "GET":
+            response = method(url, data=body, **headers)
+        elif isinstance(body, dict) and c.url.startswith("fhir/"):
+            response = method(url, data=json.dumps(body), content_type=FHIR_JSON, **headers)
+        else:
+            response = method(url, data=body, **headers)
+        transaction.set_rollback(True)
+    return response
+
+
+def audiences(world: World, persona: str) -> list[str]:
+    """The audience keys of a persona, most specific first (see S())."""
+    if persona == ANONYMOUS:
+        return [ANONYMOUS, "anyone"]
+    keys = [persona]
+    if persona in NEEDS_MFA:
+        keys.append("needs_mfa")
+    if persona == "platform_admin":
+        keys.append("admin")
+    keys += ["mfa" if world.has_mfa(persona) else "no_mfa", "user", "anyone"]
+    return keys
+
+
+def expected_status(world: World, rule: Rule, verb: str, persona: str) -> int | None:
+    statuses = rule.verbs.get(verb, {})
+    for key in audiences(world, persona):
+        if key in statuses:
+            return statuses[key]
+    return None
+
+
+class Failures:
+    """Collects every wrong cell of a route, so one run shows them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.checked = 0
+
+    def expect(self, condition: bool, c: Call | str, message: str) -> None:
+        self.checked += 1
+        if not condition:
+            self.problems.append(f"{c}: {message}")
+
+    def status(self, response: HttpResponse, c: Call, expected: int | set[int]) -> bool:
+        wanted = expected if isinstance(expected, set) else {expected}
+        self.expect(response.status_code != 500, c, "500 Internal Server Error")
+        ok = response.status_code in wanted
+        self.expect(ok, c, f"status {response.status_code}, expected {sorted(wanted)}")
+        return ok
+
+    def assert_none(self) -> None:
+        assert not self.problems, "\n".join(
+            [f"{len(self.problems)} wrong cell(s) of {self.checked}:", *self.problems[:60]]
+        )
+
+
+def body_text(response: HttpResponse) -> str:
+    content = getattr(response, "content", b"")
+    return content.decode(errors="replace") if content else ""
+
+
+def phi_in(world: World, response: HttpResponse, patients: tuple[str, ...] = PATIENTS) -> list[str]:
+    text = body_text(response)
+    return [s for p in patients for s in world.phi[p] if s in text]
+
+
+def redirect_target(response: HttpResponse) -> str:
+    return str(response.headers.get("Location", ""))
+
+
+# --------------------------------------------------------------------------
+# Checks per rule kind
+# --------------------------------------------------------------------------
+
+
+def check_page(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """PUBLIC, AUTH and STAFF pages: the declared status per audience, no
+    patient data in any body, and the right redirect for those turned away."""
+    url = (
+        rule.sample(world) if callable(rule.sample) else (rule.sample or _fill_admin(world, route))
+    )
+    for verb in rule.verbs:
+        for persona in PERSONAS:
+            if (route, verb, persona) in KNOWN_BROKEN:
+                continue
+            c = Call(persona, verb, url)
+            response = call(world, c, body={} if verb == "POST" else None)
+            expected = _page_status(world, rule, verb, url, persona)
+            out.status(response, c, expected)
+            # The admin shows control data (e.g. resident numbers) to
+            # platform admins; nobody else sees a patient on these pages.
+            if not (rule.kind == STAFF and persona == "platform_admin"):
+                leaked = phi_in(world, response)
+                out.expect(not leaked, c, f"patient data: {leaked}")
+            if response.status_code == 302 and rule.kind in (AUTH, STAFF):
+                _check_turned_away(world, rule, c, response, out)
+
+
+def _page_status(world: World, rule: Rule, verb: str, url: str, persona: str) -> int:
+    if rule.kind == STAFF:
+        if persona == "platform_admin":
+            return rule.verbs[verb]["admin"]
+        if persona in NEEDS_MFA:
+            return 302  # to MFA setup
+        return 302  # to the admin login
+    if persona in NEEDS_MFA and not url.startswith(MFA_EXEMPT):
+        return 302  # every page but these sends them to set up MFA first
+    if rule.kind == AUTH and persona == ANONYMOUS:
+        found = expected_status(world, rule, verb, persona)
+        return 302 if found is None else found  # to the login page, unless declared
+    found = expected_status(world, rule, verb, persona)
+    assert found is not None, f"{rule}: no status for {verb} as {persona}"
+    return found
+
+
+def _check_turned_away(
+    world: World, rule: Rule, c: Call, response: HttpResponse, out: Failures
+) -> None:
+    """Those turned away go to the login page, the admin login, or (staff
+    without an authenticator) to setting one up."""
+    target = redirect_target(response)
+    if rule.kind == STAFF:
+        if c.persona == "platform_admin":
+            return
+        wanted = MFA_SETUP_URL if c.persona in NEEDS_MFA else ADMIN_LOGIN_URL
+        if c.url == "admin/logout/" and c.persona not in NEEDS_MFA:
+            wanted = "/admin/"  # Django sends a stranger's logout to the index (→ login)
+    elif c.persona == ANONYMOUS:
+        wanted = LOGIN_URL
+    elif c.persona in NEEDS_MFA and not c.url.startswith(MFA_EXEMPT):
+        wanted = MFA_SETUP_URL
+    else:
+        return
+    out.expect(target.startswith(wanted), c, f"redirects to {target}, not {wanted}")
+
+
+def _fill_admin(world: World, route: str) -> str:
+    """An admin route with its object id filled in (other routes have none)."""
+    match = re.match(r"admin/([a-z_]+/[a-z_]+)/", route)
+    url = route
+    if match and match.group(1) in world.admin_objects:
+        url = url.replace("<path:object_id>", world.admin_objects[match.group(1)])
+    if "<id>" in url:
+        url = url.replace("<id>", world.admin_objects["phr/user"])
+    if "<path:content_type_id>" in url:
+        from django.contrib.contenttypes.models import ContentType
+
+        content_type = ContentType.objects.get_for_model(Organization)
+        url = url.replace("<path:content_type_id>", str(content_type.pk)).replace(
+            "<path:object_id>", world.admin_objects["phr/organization"]
+        )
+    assert "<" not in url, f"cannot fill {route}: add a sample path to its rule"
+    return url
+
+
+def check_listing(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """A page naming patients names exactly those its rule gives each persona."""
+    assert rule.shows is not None
+    url = rule.sample(world) if callable(rule.sample) else (rule.sample or route)
+    for verb in rule.verbs:
+        for persona in PERSONAS:
+            c = Call(persona, verb, url)
+            response = call(world, c, body={} if verb == "POST" else None)
+            if persona == ANONYMOUS and expected_status(world, rule, verb, persona) is None:
+                out.status(response, c, 302)
+                out.expect(redirect_target(response).startswith(LOGIN_URL), c, "not to login")
+                continue
+            if persona in NEEDS_MFA:
+                out.status(response, c, 302)
+                out.expect(redirect_target(response).startswith(MFA_SETUP_URL), c, "not to MFA")
+                continue
+            expected = expected_status(world, rule, verb, persona)
+            assert expected is not None, f"{route}: no status for {verb} as {persona}"
+            if not out.status(response, c, expected):
+                continue
+            named = rule.shows(world, persona) if response.status_code == 200 else set()
+            for patient in PATIENTS:
+                shown = bool(phi_in(world, response, (patient,)))
+                out.expect(
+                    shown == (patient in named),
+                    c,
+                    f"{patient} {'shown' if shown else 'missing'}",
+                )
+
+
+def _names_of(world: World, patient_ids: set[Any]) -> set[str]:
+    return {name for name, p in world.patients.items() if p.pk in patient_ids}
+
+
+def own_family(world: World, persona: str) -> set[str]:
+    """The family overview and the Sharing page: one's own record and the
+    children one is an active guardian of, DV-blocked ones excepted."""
+    return _names_of(world, oracle.decides_for(world.snapshot, world.user_id(persona)))
+
+
+def accessed_by_others(world: World, persona: str) -> set[str]:
+    """The access history: the people of one's family whose records someone
+    else accessed."""
+    family = oracle.decides_for(world.snapshot, world.user_id(persona))
+    accessed = (
+        AuditEvent.objects.filter(patient_id__in=family, outcome="success")
+        .exclude(actor_id=world.user_id(persona))
+        .values_list("patient_id", flat=True)
+    )
+    return _names_of(world, set(accessed))
+
+
+def consented_to(world: World, persona: str) -> set[str]:
+    """ "Shared with me": patients whose care consents in force name me or my
+    clinic."""
+    return _names_of(world, oracle.consented_patients(world.snapshot, world.user_id(persona)))
+
+
+def check_scoped(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """The object is in the body or query: the rule's personas get `ok`,
+    everyone else signed in a 404 (missing and not theirs alike), other
+    verbs 405; anonymous goes to the login page."""
+    assert rule.params is not None
+    params = rule.params(world)
+    for verb in ("GET", "POST"):
+        for persona in PERSONAS:
+            c = Call(persona, verb, route)
+            response = call(world, c, body=params)
+            if persona == ANONYMOUS:
+                out.status(response, c, 302)
+                out.expect(redirect_target(response).startswith(LOGIN_URL), c, "not to login")
+            elif persona in NEEDS_MFA:
+                out.status(response, c, 302)
+            elif verb != rule.verb:
+                out.status(response, c, 405)
+            elif persona in rule.for_personas:
+                out.status(response, c, rule.ok)
+            else:
+                out.status(response, c, 404)
+                leaked = phi_in(world, response)
+                out.expect(not leaked, c, f"patient data in a 404: {leaked}")
+
+
+def check_patient_page(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """A patient id in the path: the declared personas get the page with
+    exactly the records the oracle lets them see; everyone else a 404."""
+    param = re.search(r"<uuid:(\w+)>", route)
+    assert param is not None, route
+    listable = {p: oracle.listable(world.snapshot, world.user_id(p), mimic=MIMIC) for p in PERSONAS}
+    for patient_name, patient in world.patients.items():
+        url = route.replace(param.group(0), str(patient.pk))
+        allowed = rule.allowed[patient_name]
+        for verb in rule.verbs:
+            for persona in PERSONAS:
+                c = Call(persona, verb, url)
+                response = call(world, c)
+                if persona == ANONYMOUS:
+                    out.status(response, c, 302)
+                    continue
+                if persona in NEEDS_MFA:
+                    out.status(response, c, 302)
+                    out.expect(redirect_target(response).startswith(MFA_SETUP_URL), c, "not MFA")
+                    continue
+                if persona not in allowed:
+                    out.status(response, c, 404)
+                    out.expect(not phi_in(world, response), c, "patient data in a 404")
+                    continue
+                if not out.status(response, c, 200):
+                    continue
+                text = body_text(response)
+                reach = (
+                    listable[persona] if rule.reach is None else rule.reach(world, persona, patient)
+                )
+                for rid, marker in world.markers.items():
+                    rec = next(r for r in world.snapshot.records if r.id == rid)
+                    if patient.pk not in rec.compartments:
+                        continue
+                    shown = marker in text
+                    if rid not in reach:
+                        out.expect(not shown, c, f"record {_name(world, rid)} shown")
+                    elif rule.reach is None or rec.resource_type == "AllergyIntolerance":
+                        out.expect(shown, c, f"record {_name(world, rid)} missing")
+                out.expect(
+                    all(s not in text for p in PATIENTS if p != patient_name for s in world.phi[p]),
+                    c,
+                    "another patient's data on the page",
+                )
+
+
+def _name(world: World, rid: uuid.UUID) -> str:
+    return next((n for n, r in world.records.items() if r == rid), str(rid))
+
+
+# --- FHIR ----------------------------------------------------------------------
+
+FHIR_SAMPLES: dict[str, Any] = {
+    "Observation": lambda p: f.observation(p, code="29463-7", value=9.9, unit="kg"),
+    "Encounter": lambda p: {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": _ref(p),
+    },
+    "EpisodeOfCare": lambda p: {
+        "resourceType": "EpisodeOfCare",
+        "status": "active",
+        "patient": _ref(p),
+    },
+    "Immunization": lambda p: {
+        "resourceType": "Immunization",
+        "status": "completed",
+        "vaccineCode": {"text": "BCG"},
+        "patient": _ref(p),
+        "occurrenceDateTime": "2026-05-01",
+    },
+    "MedicationDispense": lambda p: {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "medicationCodeableConcept": {"text": "カロナール"},
+        "subject": _ref(p),
+    },
+    "MedicationStatement": lambda p: {
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "葉酸"},
+        "subject": _ref(p),
+    },
+    "AllergyIntolerance": lambda p: {
+        "resourceType": "AllergyIntolerance",
+        "patient": _ref(p),
+        "code": {"text": "小麦"},
+    },
+    "Condition": lambda p: {
+        "resourceType": "Condition",
+        "subject": _ref(p),
+        "code": {"text": "貧血"},
+    },
+    "Flag": lambda p: {
+        "resourceType": "Flag",
+        "status": "active",
+        "code": {"text": "要観察"},
+        "subject": _ref(p),
+    },
+}
+
+
+def _auth_modes(persona: str) -> tuple[bool, ...]:
+    """Session, and bearer token (anonymous has no token)."""
+    return (False,) if persona == ANONYMOUS else (False, True)
+
+
+# Reads and searches run with a session and with a token for every record;
+# writes, history and vread with a token for these records only (both
+# paths share the views: this proves the token path reaches the same
+# decisions without doubling the run time).
+TOKEN_TARGETS = frozenset({"child", "child_home_weight", "child_deleted", "mother_hiv"})
+
+
+def _runs(persona: str, target: str, *, every_record: bool = False) -> tuple[bool, ...]:
+    if every_record or target in TOKEN_TARGETS:
+        return _auth_modes(persona)
+    return (False,)
+
+
+def _fhir_denied_anonymous(out: Failures, c: Call, response: HttpResponse) -> None:
+    out.status(response, c, 401)
+    out.expect(response.json().get("resourceType") == "OperationOutcome", c, "not an outcome")
+
+
+def _writable(world: World, persona: str, patient_id: uuid.UUID) -> bool:
+    """Families write into their own and their children's compartments."""
+    user_id = world.user_id(persona)
+    snap = world.snapshot
+    if user_id is None:
+        return False
+    if snap.own_patient.get(user_id) == patient_id:
+        return True
+    return any(
+        g["guardian_id"] == user_id and g["child_id"] == patient_id
+        for g in snap.guardianships
+        if (user_id, patient_id) not in snap.blocks
+    )
+
+
+def check_fhir_metadata(world: World, route: str, rule: Rule, out: Failures) -> None:
+    for persona in PERSONAS:
+        for token in _auth_modes(persona):
+            c = Call(persona, "GET", route, token)
+            response = call(world, c)
+            if out.status(response, c, 200):
+                out.expect(
+                    response.json()["resourceType"] == "CapabilityStatement", c, "no statement"
+                )
+            out.expect(not phi_in(world, response), c, "patient data")
+            c = Call(persona, "POST", route, token)
+            out.status(call(world, c, body={"resourceType": "Basic"}), c, 405)
+
+
+# The record store's types, and Consent (a projection of sharing.Consent rows).
+CONSENT = "Consent"
+FHIR_TYPES = (*sorted(SUPPORTED_TYPES), CONSENT)
+
+
+def _expected_ids(
+    world: World, persona: str, resource_type: str, patient: Patient | None = None
+) -> set[uuid.UUID]:
+    """What a search of this type (for this patient) must return, by the oracle."""
+    snap, user_id = world.snapshot, world.user_id(persona)
+    if resource_type == CONSENT:
+        readable = oracle.readable_consents(snap, user_id, mimic=MIMIC)
+        return {
+            c["id"]
+            for c in snap.consents
+            if c["id"] in readable and (patient is None or c["patient_id"] == patient.pk)
+        }
+    visible = oracle.listable(snap, user_id, mimic=MIMIC)
+    return {
+        r.id
+        for r in snap.records
+        if r.resource_type == resource_type
+        and r.id in visible
+        and (patient is None or patient.pk in r.compartments)
+    }
+
+
+def check_fhir_type(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """Search returns exactly the oracle's records (or consents) of the type,
+    ids and total, also per patient; create is for families, in their own
+    compartments, and never for Patient or Consent."""
+    for persona in PERSONAS:
+        for token in _auth_modes(persona):
+            searches = [(t, None) for t in FHIR_TYPES]
+            searches += [(t, p) for t in ("Observation", CONSENT) for p in world.patients.values()]
+            for resource_type, patient in searches:
+                url = route.replace("<str:resource_type>", resource_type) + "?_count=500"
+                if patient is not None:
+                    url += f"&patient={patient.pk}"
+                c = Call(persona, "GET", url, token)
+                response = call(world, c)
+                if persona == ANONYMOUS:
+                    _fhir_denied_anonymous(out, c, response)
+                    continue
+                if not out.status(response, c, 200):
+                    continue
+                body = response.json()
+                got = {uuid.UUID(e["resource"]["id"]) for e in body.get("entry", ())}
+                wanted = _expected_ids(world, persona, resource_type, patient)
+                out.expect(
+                    got == wanted, c, f"ids {_names(world, got)} != oracle {_names(world, wanted)}"
+                )
+                out.expect(body["total"] == len(wanted), c, f"total {body['total']}")
+        _check_fhir_create(world, route, persona, out)
+
+
+def _check_fhir_create(world: World, route: str, persona: str, out: Failures) -> None:
+    for token in _auth_modes(persona):
+        c = Call(persona, "POST", route.replace("<str:resource_type>", CONSENT), token)
+        response = call(world, c, body={"resourceType": CONSENT, "status": "active"})
+        out.status(response, c, 401 if persona == ANONYMOUS else 405)
+    for resource_type in sorted(SUPPORTED_TYPES):
+        url = route.replace("<str:resource_type>", resource_type)
+        targets = ("child",) if resource_type != "Observation" else PATIENTS
+        for patient_name in targets:
+            patient = world.patients[patient_name]
+            # With a token too for Observations (the token path shares the view).
+            modes = _auth_modes(persona) if resource_type == "Observation" else (False,)
+            for token in modes:
+                c = Call(persona, "POST", url, token)
+                if resource_type == "Patient":
+                    body: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": "x"}]}
+                else:
+                    body = FHIR_SAMPLES[resource_type](patient)
+                response = call(world, c, body=body)
+                if persona == ANONYMOUS:
+                    _fhir_denied_anonymous(out, c, response)
+                elif resource_type == "Patient":
+                    out.status(response, c, 405)
+                elif _writable(world, persona, patient.pk):
+                    if out.status(response, c, 201):
+                        out.expect(response.json()["resourceType"] == resource_type, c, "body")
+                else:
+                    out.status(response, c, 403)
+                    out.expect(not phi_in(world, response), c, "patient data")
+
+
+def _names(world: World, ids: set[uuid.UUID]) -> list[str]:
+    return sorted(_name(world, rid) for rid in ids)
+
+
+def _instance_targets(world: World) -> list[tuple[str, oracle.Rec]]:
+    return [(_name(world, rec.id), rec) for rec in world.snapshot.records]
+
+
+def check_fhir_instance(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """Read: 200 with the record for those the oracle lets see it (410 for a
+    deleted one), 404 for everyone else, word for word the same as a
+    missing id. Update and delete: families only (403 when seen but not
+    theirs, 404 when not seen)."""
+    snap = world.snapshot
+    rows = {row.id: row for row in Resource.objects.all()}
+    missing = _missing_body(world, route)
+    for persona in PERSONAS:
+        user_id = world.user_id(persona)
+        seen = oracle.listable(snap, user_id, include_deleted=True, mimic=MIMIC)
+        for name, rec in _instance_targets(world):
+            url = route.replace("<str:resource_type>", rec.resource_type).replace(
+                "<str:resource_id>", str(rec.id)
+            )
+            patient_id = next(iter(rec.compartments))
+            verbs: list[tuple[str, Any]] = [
+                ("GET", None),
+                ("PUT", to_fhir(rows[rec.id])),
+                ("DELETE", None),
+                ("POST", {}),
+            ]
+            for verb, body in verbs:
+                for token in _runs(persona, name, every_record=verb == "GET"):
+                    c = Call(persona, verb, url, token)
+                    response = call(world, c, body=body)
+                    if persona == ANONYMOUS:
+                        _fhir_denied_anonymous(out, c, response)
+                        continue
+                    if verb == "POST":
+                        out.status(response, c, 405)
+                        continue
+                    if verb == "DELETE" and rec.resource_type == "Patient":
+                        out.status(response, c, 405)
+                        continue
+                    if rec.id not in seen:
+                        out.status(response, c, 404)
+                        out.expect(
+                            _same_words(response, missing, rec.id),
+                            c,
+                            "a withheld record's 404 differs from a missing one's",
+                        )
+                        continue
+                    if verb == "GET":
+                        if rec.deleted:
+                            out.status(response, c, 410)
+                        elif out.status(response, c, 200):
+                            out.expect(response.json()["id"] == str(rec.id), c, f"not {name}")
+                        continue
+                    if not _writable(world, persona, patient_id):
+                        out.status(response, c, 403)
+                        continue
+                    out.status(response, c, 200 if verb == "PUT" else 204)
+    _check_consent_reads(world, route, missing, out)
+
+
+def _check_consent_reads(world: World, route: str, missing: str, out: Failures) -> None:
+    """A Consent reads as its oracle says (404 like a missing id otherwise);
+    it is never written through the API (405)."""
+    for persona in PERSONAS:
+        readable = oracle.readable_consents(world.snapshot, world.user_id(persona), mimic=MIMIC)
+        for consent in world.snapshot.consents:
+            url = route.replace("<str:resource_type>", CONSENT).replace(
+                "<str:resource_id>", str(consent["id"])
+            )
+            for verb in ("GET", "PUT", "DELETE"):
+                for token in _auth_modes(persona):
+                    c = Call(persona, verb, url, token)
+                    body = {"resourceType": CONSENT, "id": str(consent["id"])}
+                    response = call(world, c, body=body if verb == "PUT" else None)
+                    if persona == ANONYMOUS:
+                        _fhir_denied_anonymous(out, c, response)
+                    elif verb != "GET":
+                        out.status(response, c, 405)
+                    elif consent["id"] not in readable:
+                        out.status(response, c, 404)
+                        out.expect(
+                            _same_words(response, missing, consent["id"]), c, "404 words differ"
+                        )
+                    elif out.status(response, c, 200):
+                        out.expect(response.json()["id"] == str(consent["id"]), c, "not it")
+
+
+def _normalized_404(text: str, rid: str) -> str:
+    # Only the id and the type name may differ ("Observation/{id} is not known").
+    return re.sub(r"\b[A-Z][A-Za-z]+/\{id\}", "T/{id}", text.replace(rid, "{id}"))
+
+
+def _missing_body(world: World, route: str) -> str:
+    """The 404 body for an id that does not exist (read as the mother)."""
+    missing = "00000000-0000-4000-8000-000000000000"
+    url = route.replace("<str:resource_type>", "Observation").replace("<str:resource_id>", missing)
+    response = call(world, Call("mother", "GET", url))
+    assert response.status_code == 404
+    return _normalized_404(body_text(response), missing)
+
+
+def _same_words(response: HttpResponse, missing: str, rid: uuid.UUID) -> bool:
+    if response.request["REQUEST_METHOD"] != "GET":
+        return True
+    return _normalized_404(body_text(response), str(rid)) == missing
+
+
+def check_fhir_history(world: World, route: str, rule: Rule, out: Failures) -> None:
+    _check_fhir_versions(world, route, out, version=None)
+    _check_no_consent_versions(world, route, out)
+
+
+def check_fhir_version(world: World, route: str, rule: Rule, out: Failures) -> None:
+    _check_fhir_versions(world, route, out, version="1")
+    _check_no_consent_versions(world, route, out)
+    _check_fhir_versions(world, route, out, version="999", personas=("mother", "platform_admin"))
+
+
+def _check_fhir_versions(
+    world: World,
+    route: str,
+    out: Failures,
+    *,
+    version: str | None,
+    personas: tuple[str, ...] = PERSONAS,
+) -> None:
+    """History and vread follow the current row's visibility."""
+    snap = world.snapshot
+    for persona in personas:
+        seen = oracle.listable(snap, world.user_id(persona), include_deleted=True, mimic=MIMIC)
+        for name, rec in _instance_targets(world):
+            url = route.replace("<str:resource_type>", rec.resource_type).replace(
+                "<str:resource_id>", str(rec.id)
+            )
+            if version is not None:
+                url = url.replace("<str:version_id>", version)
+            for verb in ("GET", "POST"):
+                for token in _runs(persona, name):
+                    c = Call(persona, verb, url, token)
+                    response = call(world, c, body={} if verb == "POST" else None)
+                    if persona == ANONYMOUS:
+                        _fhir_denied_anonymous(out, c, response)
+                    elif verb == "POST":
+                        out.status(response, c, 405)
+                    elif rec.id not in seen or version == "999":
+                        out.status(response, c, 404)
+                        out.expect(not phi_in(world, response), c, "patient data")
+                    elif out.status(response, c, 200):
+                        body = response.json()
+                        if version is None:
+                            urls = {e["fullUrl"].rsplit("/", 1)[-1] for e in body["entry"]}
+                            out.expect(urls == {str(rec.id)}, c, f"history of {name}: {urls}")
+                        else:
+                            out.expect(body["id"] == str(rec.id), c, f"not {name}")
+
+
+def _check_no_consent_versions(world: World, route: str, out: Failures) -> None:
+    # Consents have no versions in the API: 404 for everyone, readable or not.
+    consent_id = str(world.snapshot.consents[0]["id"])
+    url = route.replace("<str:resource_type>", CONSENT).replace("<str:resource_id>", consent_id)
+    url = url.replace("<str:version_id>", "1")
+    for persona in PERSONAS:
+        c = Call(persona, "GET", url)
+        response = call(world, c)
+        out.status(response, c, 401 if persona == ANONYMOUS else 404)
+
+
+def check_fhir_unknown(world: World, route: str, rule: Rule, out: Failures) -> None:
+    for persona in PERSONAS:
+        for token in _auth_modes(persona):
+            for verb in ("GET", "POST", "PUT", "DELETE"):
+                c = Call(persona, verb, "fhir/Observation/a/b/c/d", token)
+                response = call(world, c, body={} if verb != "GET" else None)
+                if persona == ANONYMOUS:
+                    _fhir_denied_anonymous(out, c, response)
+                else:
+                    out.status(response, c, 404)
+
+
+CHECKS = {
+    PUBLIC: check_page,
+    AUTH: check_page,
+    STAFF: check_page,
+    PATIENT: check_patient_page,
+    LISTING: check_listing,
+    SCOPED: check_scoped,
+    FHIR_METADATA: check_fhir_metadata,
+    FHIR_TYPE: check_fhir_type,
+    FHIR_INSTANCE: check_fhir_instance,
+    FHIR_HISTORY: check_fhir_history,
+    FHIR_VERSION: check_fhir_version,
+    FHIR_UNKNOWN: check_fhir_unknown,
+}
+
+
+# --------------------------------------------------------------------------
+# The tests
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_route_is_as_declared(world: World, route: str) -> None:
+    rule = EXPECTATIONS.get(route)
+    assert rule is not None, (
+        f"The route {route!r} has no rule in tests/sharing/test_access_matrix.py "
+        "EXPECTATIONS. Decide who may use it (page PUBLIC/AUTH, staff, patient_page "
+        "with the personas allowed per patient, listing, scoped, or a FHIR kind; see the "
+        "module docstring) and add one line for it."
+    )
+    out = Failures()
+    CHECKS[rule.kind](world, route, rule, out)
+    assert out.checked, f"{route}: nothing was checked"
+    out.assert_none()
+
+
+def test_the_table_names_no_missing_route() -> None:
+    stale = sorted(set(EXPECTATIONS) - set(ROUTES))
+    assert not stale, f"EXPECTATIONS names routes the project no longer has: {stale}"
+
+
+def test_the_patient_table_agrees_with_the_oracle(world: World) -> None:
+    # The personas declared per patient are the ones the oracle (and the
+    # policy point) let see the patient at all.
+    for patient_name, patient in world.patients.items():
+        by_oracle = {
+            p for p in PERSONAS if oracle.may_see(world.snapshot, world.user_id(p), patient.pk)
+        }
+        assert by_oracle == set(PERSON_PAGE_ALLOWED[patient_name]), patient_name
+
+
+def test_the_summary_table_agrees_with_the_oracle(world: World) -> None:
+    for patient_name, patient in world.patients.items():
+        by_oracle = {
+            p
+            for p in PERSONAS
+            if oracle.emergency_summary_reach(world.snapshot, world.user_id(p), patient.pk)
+            is not None
+        }
+        assert by_oracle == set(SUMMARY_ALLOWED[patient_name]), patient_name
+
+
+def test_an_unknown_or_revoked_bearer_token_gets_401_on_every_fhir_route(world: World) -> None:
+    out = Failures()
+    rid = world.records["child_checkup"]
+    for url in (
+        "fhir/Observation",
+        f"fhir/Observation/{rid}",
+        f"fhir/Observation/{rid}/_history",
+        f"fhir/Observation/{rid}/_history/1",
+    ):
+        client = Client()
+        response = client.get("/" + url, HTTP_AUTHORIZATION="Bearer hgk_not-a-token")
+        out.status(response, f"GET /{url} with an unknown token", 401)  # type: ignore[arg-type]
+    out.assert_none()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason=(
+        "phr.models.Membership.clean() calls Role(self.role) before the form's "
+        "required-field check has a role: POST /admin/phr/membership/add/ without a "
+        "role raises ValueError ('' is not a valid Role), a 500, instead of the form "
+        "with 'This field is required'."
+    ),
+)
+def test_the_admin_answers_a_membership_without_a_role_with_a_form_error(world: World) -> None:
+    c = Call("platform_admin", "POST", "admin/phr/membership/add/")
+    response = call(world, c, body={})
+    assert response.status_code == 200
