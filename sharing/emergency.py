@@ -926,7 +926,9 @@ def summary_bundle(facts: SummaryFacts) -> dict[str, Any]:
         "section": sections,
     }
     entries = [{"fullUrl": f"urn:uuid:{composition_id}", "resource": composition}]
-    entries.append({"fullUrl": patient_url, "resource": patient_resource})
+    entries.append(
+        {"fullUrl": patient_url, "resource": _rewrite_references(patient_resource, urls)}
+    )
     for url, resource in resources + extra:
         resource = _rewrite_references(resource, urls)
         clinic = facts.clinic
