@@ -985,8 +985,27 @@ def check_page(world: World, route: str, rule: Rule, out: Failures) -> None:
             if not (rule.kind == STAFF and persona == "platform_admin"):
                 leaked = phi_in(world, response)
                 out.expect(not leaked, c, f"patient data: {leaked}")
+            elif verb == "GET" and response.status_code == 200:
+                problem = _admin_page_problem(world, url, response)
+                out.expect(problem is None, c, str(problem))
             if response.status_code == 302 and rule.kind in (AUTH, STAFF):
                 _check_turned_away(world, rule, c, response, out)
+
+
+def _admin_page_problem(world: World, url: str, response: HttpResponse) -> str | None:
+    """The platform admin's page is the one asked for: a model's pages link
+    to the object the URL names (its change list lists it), an add page
+    carries the model's form."""
+    match = re.match(r"admin/([a-z_]+)/([a-z_]+)/(.*)$", url)
+    if match is None or f"{match.group(1)}/{match.group(2)}" not in world.admin_objects:
+        return None
+    app, model, rest = match.groups()
+    text = body_text(response)
+    if rest == "add/":
+        return None if f'id="{model}_form"' in text else f"no {model} form"
+    pk = world.admin_objects[f"{app}/{model}"]
+    link = f"/admin/{app}/{model}/{pk}/"
+    return None if link in text else f"no link to {link}"
 
 
 def _page_status(world: World, rule: Rule, verb: str, url: str, persona: str) -> int:
