@@ -4,8 +4,11 @@ sharing/access.py and are audited."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 
 from phr.models import (
@@ -58,15 +61,53 @@ class MembershipAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user", "organization")
 
 
+class PatientControlAdmin(admin.ModelAdmin):
+    """Control rows about a patient (guardianship, residency) reveal who a
+    patient is and where she lives: each page that shows them writes one
+    audit row per patient, through the policy point like any other read."""
+
+    patient_field = "patient_id"
+
+    def _audit(self, request: HttpRequest, patient_ids: list[Any], action: str) -> None:
+        from sharing.access import audit_reveal
+
+        audit_reveal(request.user, patient_ids, action=action, detail={"admin": True})
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        obj = self.get_object(request, object_id)
+        if obj is not None and response.status_code == 200:
+            self._audit(request, [getattr(obj, self.patient_field)], "admin.view")
+        return response
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            ids = [getattr(row, self.patient_field) for row in changelist.result_list]
+            if ids:
+                self._audit(request, ids, "admin.list")
+        return response
+
+
 @admin.register(Guardianship)
-class GuardianshipAdmin(admin.ModelAdmin):
+class GuardianshipAdmin(PatientControlAdmin):
+    patient_field = "child_id"
     list_display = ("guardian", "child", "relationship", "valid_from", "valid_to")
     autocomplete_fields = ("guardian",)
     raw_id_fields = ("child",)
 
 
 @admin.register(Residency)
-class ResidencyAdmin(admin.ModelAdmin):
+class ResidencyAdmin(PatientControlAdmin):
     list_display = ("patient", "municipality", "valid_from", "valid_to")
     raw_id_fields = ("patient",)
 

@@ -181,6 +181,8 @@ class Membership(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
+        if self.role not in Role.values:
+            return  # the form reports the missing or unknown role itself
         expected = ROLE_ORGANIZATION_KIND[Role(self.role)]
         if self.organization_id and self.organization.kind != expected:
             raise ValidationError(

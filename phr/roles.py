@@ -27,7 +27,11 @@ def is_staff_user(user: Any) -> bool:
     shorter idle timeout."""
     if not getattr(user, "is_authenticated", False):
         return False
-    return bool(user.is_platform_admin or user.is_superuser or active_memberships(user))
+    # Django's is_staff opens the admin: it counts as staff too, so the admin
+    # needs MFA like every staff route.
+    return bool(
+        user.is_platform_admin or user.is_superuser or user.is_staff or active_memberships(user)
+    )
 
 
 def organizations_for(user: Any, role: Role) -> list[Organization]:

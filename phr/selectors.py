@@ -24,7 +24,7 @@ from django.utils.translation import get_language, gettext, gettext_lazy, pgette
 
 from phr import terminology
 from phr.models import Guardianship, Patient, Provenance, Resource
-from sharing.access import visible_records
+from sharing.access import blocked_patients, visible_records
 
 # Dates are shown as Japanese calendar days, whatever the server's zone.
 JAPAN = ZoneInfo("Asia/Tokyo")
@@ -214,12 +214,15 @@ def family(*, user: Any) -> Family:
     she is guardian of today."""
     result = Family()
     own = Patient.objects.filter(account=user).first()
-    guardianships = list(
-        Guardianship.objects.active()
+    blocked = blocked_patients(user)
+    guardianships = [
+        g
+        for g in Guardianship.objects.active()
         .filter(guardian=user)
         .select_related("child")
         .order_by("child__created_at")
-    )
+        if g.child_id not in blocked  # DV block: nothing of that child, anywhere
+    ]
     ids = ([own.pk] if own else []) + [g.child_id for g in guardianships]
     contents = _patient_resources(user, ids)
     if own is not None:

@@ -11,12 +11,14 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_safe
 
 from phr import selectors
 from phr.roles import is_staff_user
 from sharing.access import access_patient, audit_reveal
 
 
+@require_safe
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     """わたしの家族: me, my pregnancy and my children."""
@@ -36,6 +38,7 @@ def _offset(request: HttpRequest) -> int:
         return 0
 
 
+@require_safe
 @login_required
 def person(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     """One person's records, newest first, grouped by day. htmx asks for

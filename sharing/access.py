@@ -150,7 +150,8 @@ class _Grant:
 
     def q(self) -> Q:
         if self.everything:
-            reach = Q()
+            # Not Q(): Django drops an empty Q when OR-ing it onto another.
+            reach = Q(pk__isnull=False)
         else:
             reach = Q(pk__in=[])
             if self.patient_ids:
@@ -200,6 +201,8 @@ def _consent_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
         if consent.patient_id in blocked:
             continue
         if consent.grantee_user_id == user.pk:
+            if consent.purpose != ConsentPurpose.CARE:
+                continue  # a person is only ever a care grantee
             rule, role, org_id = "consent_person", "person", None
         else:
             membership = orgs[consent.grantee_org_id]
@@ -294,7 +297,15 @@ def _grants(user: Any) -> list[_Grant]:
     grants += _consent_grants(user, blocked)
     if is_staff_user(user) and has_mfa(user):
         if user.is_platform_admin:
-            grants.append(_Grant("platform_admin", Purpose.OPERATIONS, "admin", everything=True))
+            grants.append(
+                _Grant(
+                    "platform_admin",
+                    Purpose.OPERATIONS,
+                    "admin",
+                    everything=True,
+                    blocked=blocked,
+                )
+            )
         for membership in active_memberships(user):
             org_id = membership.organization_id
             if membership.role == Role.MUNICIPAL_STAFF:
@@ -309,9 +320,10 @@ def _grants(user: Any) -> list[_Grant]:
                         Purpose.PUBLIC_HEALTH,
                         Role.MUNICIPAL_STAFF,
                         organization_id=org_id,
-                        patient_ids=residents,
+                        patient_ids=[p for p in residents if p not in blocked],
                         submitter_org_ids=[org_id],
                         exclude_sensitivity=(Sensitivity.CLINIC_ONLY,),
+                        blocked=blocked,
                     )
                 )
             elif membership.role == Role.CLINIC_STAFF:
@@ -354,22 +366,22 @@ def visible_records(
     return q if include_deleted else q & Q(deleted=False)
 
 
-def _grant_reaches(grant: _Grant, patient_id: uuid.UUID) -> bool:
+def _grant_reaches(grant: _Grant, patient_id: uuid.UUID, category: str | None = None) -> bool:
     if patient_id in grant.blocked:
         return False
     if grant.everything or patient_id in grant.patient_ids:
         return True
     if grant.submitter_org_ids:
-        # Records this organization submitted about the patient.
-        return (
-            Resource.objects.filter(
-                compartments__overlap=[patient_id],
-                provenance__agent_org_id__in=grant.submitter_org_ids,
-                deleted=False,
-            )
-            .exclude(sensitivity__in=grant.exclude_sensitivity)
-            .exists()
-        )
+        # Records this organization submitted about the patient (of the
+        # category asked about, when one is).
+        submitted = Resource.objects.filter(
+            compartments__overlap=[patient_id],
+            provenance__agent_org_id__in=grant.submitter_org_ids,
+            deleted=False,
+        ).exclude(sensitivity__in=grant.exclude_sensitivity)
+        if category is not None:
+            submitted = submitted.filter(category=category)
+        return submitted.exists()
     return False
 
 
@@ -401,8 +413,8 @@ def decide(
     patient_id = patient.pk if isinstance(patient, Patient) else patient
     if patient_id in blocked_patients(user):
         return DV_BLOCKED
-    if is_staff_user(user) and not has_mfa(user) and not _personal_only(user, patient_id):
-        return NO_MFA
+    # Staff without MFA hold no staff grant (see _grants); what they hold as
+    # a parent or a named person still applies.
     for grant in _grants(user):
         if purpose is None and not grant.listable:
             continue
@@ -410,8 +422,10 @@ def decide(
             continue
         if not grant.allows(category, sensitivity):
             continue
-        if _grant_reaches(grant, patient_id):
+        if _grant_reaches(grant, patient_id, category):
             return _decision(grant)
+    if is_staff_user(user) and not has_mfa(user):
+        return NO_MFA
     return DENY
 
 
@@ -424,15 +438,15 @@ def explain(user: Any, patient: Patient | uuid.UUID, *, category: str | None = N
     patient_id = patient.pk if isinstance(patient, Patient) else patient
     if patient_id in blocked_patients(user):
         return Explanation(DV_BLOCKED, [])
-    if is_staff_user(user) and not has_mfa(user) and not _personal_only(user, patient_id):
-        return Explanation(NO_MFA, [])
     granting = [
         _decision(g)
         for g in _grants(user)
-        if g.allows(category, Sensitivity.NORMAL) and _grant_reaches(g, patient_id)
+        if g.allows(category, Sensitivity.NORMAL) and _grant_reaches(g, patient_id, category)
     ]
     if granting:
         return Explanation(granting[0], granting)
+    if is_staff_user(user) and not has_mfa(user):
+        return Explanation(NO_MFA, [])
     orgs = [m.organization_id for m in active_memberships(user)]
     lapsed = (
         Consent.objects.filter(patient_id=patient_id)
@@ -473,14 +487,6 @@ def redact_for(user: Any, resource: dict[str, Any]) -> dict[str, Any]:
     if not address_hidden_for(user, patient_id):
         return resource
     return {k: v for k, v in resource.items() if k != "address"}
-
-
-def _personal_only(user: Any, patient_id: uuid.UUID) -> bool:
-    """A staff member is also a parent: her own family is reachable without
-    MFA, like any parent's."""
-    return any(
-        g.purpose == Purpose.PERSONAL and patient_id in g.patient_ids for g in _grants(user)
-    )
 
 
 RULE_REASONS = {

@@ -216,7 +216,9 @@ def visible_consents(user: Any) -> QuerySet[Consent]:
         if has_mfa(user)
         else []
     )
-    as_grantee = Q(grantee_user=user) | Q(grantee_org_id__in=clinics, purpose=ConsentPurpose.CARE)
+    as_grantee = Q(grantee_user=user, purpose=ConsentPurpose.CARE) | Q(
+        grantee_org_id__in=clinics, purpose=ConsentPurpose.CARE
+    )
     # Only while in force, and never research consents (no identified data).
     as_grantee &= Q(pk__in=Consent.objects.active().values("pk")) & ~Q(
         purpose=ConsentPurpose.RESEARCH

@@ -90,7 +90,12 @@ def consent_grant(
             "This organization cannot be chosen for this purpose.",
         )
     elif grantee_user is not None:
-        if grantee_user.pk == by.pk and patient.account_id == by.pk:
+        if purpose != ConsentPurpose.CARE:
+            errors["grantee"] = _bilingual(
+                "個人とは診療・見守りの目的でのみ共有できます。",
+                "Records are shared with a person for care only.",
+            )
+        elif grantee_user.pk == by.pk and patient.account_id == by.pk:
             errors["grantee"] = _bilingual(
                 "自分自身とは共有できません。", "You cannot share with yourself."
             )

@@ -82,16 +82,7 @@ BLOOD_TYPE_TOKENS = frozenset(
 # - decide_submitter_ignores_category: decide(category=c) says yes for a
 #   patient the user's organization submitted *any* record about, even when
 #   none of them is of category c.
-KNOWN_DEVIATIONS = frozenset(
-    {
-        "municipal_ignores_dv_block",
-        "research_consent_to_person",
-        "decide_no_mfa_denies_person_consent",
-        "decide_submitter_ignores_category",
-        "platform_admin_lists_nothing",
-        "consent_read_emergency_to_person",
-    }
-)
+KNOWN_DEVIATIONS: frozenset[str] = frozenset()  # all fixed in sharing/access.py
 
 
 @dataclass(frozen=True)
@@ -143,7 +134,9 @@ def load_world() -> World:
     from sharing.models import BreakGlass, Consent, DvBlock, EmergencyPreference
 
     world = World(now=timezone.now(), today=timezone.localdate())
-    for user in User.objects.values("id", "is_active", "is_platform_admin", "is_superuser"):
+    for user in User.objects.values(
+        "id", "is_active", "is_platform_admin", "is_superuser", "is_staff"
+    ):
         world.users[user["id"]] = user
     world.mfa = set(Authenticator.objects.filter(type="totp").values_list("user_id", flat=True))
     for pid, account, kind in Patient.objects.values_list("id", "account_id", "kind"):
@@ -244,7 +237,12 @@ def _roles(world: World, user_id: int) -> list[tuple[int, str]]:
 
 def _is_staff(world: World, user_id: int) -> bool:
     user = world.users[user_id]
-    return bool(user["is_platform_admin"] or user["is_superuser"] or _roles(world, user_id))
+    return bool(
+        user["is_platform_admin"]
+        or user["is_superuser"]
+        or user.get("is_staff")
+        or _roles(world, user_id)
+    )
 
 
 def _staff_with_mfa(world: World, user_id: int) -> bool:
@@ -303,6 +301,15 @@ def _consents_for(world: World, user_id: int, purposes: Iterable[str]) -> list[d
 # --------------------------------------------------------------------------
 
 
+def _org_consents_for(
+    world: World, user_id: int, purposes: Iterable[str]
+) -> list[dict[str, Any]]:
+    """Consents naming the user's organization: a person is only ever a
+    care grantee, so emergency and research consents count through an
+    organization alone."""
+    return [c for c in _consents_for(world, user_id, purposes) if c["grantee_user_id"] != user_id]
+
+
 def _listable_rule_hits(world: World, user_id: int, rec: Rec, mimic: frozenset[str]) -> bool:
     """May the user see this record in lists, by some listable rule?"""
     patients = rec.compartments
@@ -338,8 +345,11 @@ def _listable_rule_hits(world: World, user_id: int, rec: Rec, mimic: frozenset[s
     # platform_admin
     if "platform_admin_lists_nothing" in mimic:
         return False
+    # platform_admin: everything, but a DV block cuts off an admin too
     user = world.users[user_id]
-    return bool(user["is_platform_admin"] and _staff_with_mfa(world, user_id))
+    return bool(
+        user["is_platform_admin"] and _staff_with_mfa(world, user_id) and patients == unblocked
+    )
 
 
 def listable(
@@ -384,7 +394,7 @@ def emergency_patients(world: World, user_id: int | None) -> set[uuid.UUID]:
             ):
                 found.add(window["patient_id"])
         found |= world.emergency_opt_in
-    found |= {c["patient_id"] for c in _consents_for(world, user_id, [EMERGENCY])}
+    found |= {c["patient_id"] for c in _org_consents_for(world, user_id, [EMERGENCY])}
     return {p for p in found if not _blocked(world, user_id, p)}
 
 
@@ -424,7 +434,7 @@ def emergency_visible(world: World, user_id: int) -> set[uuid.UUID]:
                 whole.add(window["patient_id"])
         whole |= world.emergency_opt_in
     by_consent: list[tuple[uuid.UUID, set[str]]] = [
-        (c["patient_id"], set(c["categories"])) for c in _consents_for(world, user_id, [EMERGENCY])
+        (c["patient_id"], set(c["categories"])) for c in _org_consents_for(world, user_id, [EMERGENCY])
     ]
     seen = set()
     for rec in world.records:
@@ -524,7 +534,7 @@ def readable_consents(
     if "consent_read_emergency_to_person" in mimic:
         in_force_for_me += [
             c["id"]
-            for c in _consents_for(world, user_id, [EMERGENCY])
+            for c in _org_consents_for(world, user_id, [EMERGENCY])
             if c["grantee_user_id"] == user_id
         ]
     return {

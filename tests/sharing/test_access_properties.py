@@ -7,10 +7,12 @@ ended; break-glass windows; records of every category, sensitivity and
 submitter — no user ever gets a record outside its rule, and decide()
 answers as the oracle does.
 
-Where the policy point differs from the rules today, the oracle mimics it
-(oracle.KNOWN_DEVIATIONS), and a strict xfail test at the end of this file
-pins each difference down with a small explicit case; fixing one makes its
-test pass (XPASS fails the run) — then drop it from KNOWN_DEVIATIONS.
+The differences these tests found (platform admin listing nothing, the
+municipal rule ignoring DV blocks, research consents to a person, decide()
+and lists disagreeing without MFA, decide() ignoring the category of
+submitted records, emergency consents readable by a person) are fixed; the
+small explicit cases at the end of this file keep them fixed.
+oracle.KNOWN_DEVIATIONS can pin a new one as a strict xfail until it is.
 """
 
 from __future__ import annotations
@@ -537,14 +539,6 @@ def visible_ids(user: Any) -> set[uuid.UUID]:
     return _ids(visible_records(user))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "municipal_ignores_dv_block: sharing.access._grants builds the municipal grant "
-        "without blocked=…, so a DV-blocked user who is municipal staff of the patient's "
-        "town still lists her records (decide() says dv_block)"
-    ),
-)
 def test_a_dv_block_hides_a_resident_from_a_blocked_municipal_officer(
     child: Any, municipal_officer: Any, municipality: Any
 ) -> None:
@@ -556,39 +550,35 @@ def test_a_dv_block_hides_a_resident_from_a_blocked_municipal_officer(
     assert {record, child.pk}.isdisjoint(visible_ids(municipal_officer))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "research_consent_to_person: sharing.access._consent_grants turns any consent "
-        "naming a person into a listable care grant whatever its purpose, so a research "
-        "consent to a researcher's own account gives identified access (and "
-        "sharing.services.consent_grant accepts such a consent)"
-    ),
-)
 def test_a_research_consent_naming_a_person_gives_no_identified_access(
     mother: Any, child: Any, researcher: Any
 ) -> None:
+    from django.core.exceptions import ValidationError
+
+    from sharing.models import Consent
+
     f.write_observation(child, category=Category.VACCINATIONS)
-    consent_grant(
+    # The service refuses it …
+    with pytest.raises(ValidationError):
+        consent_grant(
+            patient=child,
+            by=mother,
+            purpose=ConsentPurpose.RESEARCH,
+            categories=[Category.VACCINATIONS],
+            grantee_user=researcher,
+        )
+    # … and a row written some other way grants nothing either.
+    Consent.objects.create(
         patient=child,
-        by=mother,
+        granted_by=mother,
+        grantee_user=researcher,
         purpose=ConsentPurpose.RESEARCH,
         categories=[Category.VACCINATIONS],
-        grantee_user=researcher,
     )
     assert visible_ids(researcher) == set()
     assert not decide(researcher, child)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "decide_no_mfa_denies_person_consent: decide() answers staff_without_mfa for a "
-        "staff member without MFA whom the mother names in a consent as a person, while "
-        "visible_records() lists those records (a person consent is not a staff grant): "
-        "the FHIR search shows her records, the person page answers 404"
-    ),
-)
 def test_decide_and_lists_agree_for_staff_without_mfa_named_in_a_consent(
     mother: Any, mother_patient: Any, staff_without_mfa: Any
 ) -> None:
@@ -604,15 +594,6 @@ def test_decide_and_lists_agree_for_staff_without_mfa_named_in_a_consent(
     assert decide(staff_without_mfa, mother_patient, category=Category.VITALS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "decide_submitter_ignores_category: for clinic_submitted and municipal "
-        "(submitted) grants, decide(category=c) checks only that the organization "
-        "submitted some record of the patient, not one of category c; explain() then "
-        "tells the family a clinic may see categories it cannot"
-    ),
-)
 def test_decide_refuses_a_category_the_clinic_neither_submitted_nor_was_granted(
     clinician: Any, clinic: Any, child: Any
 ) -> None:
@@ -625,15 +606,6 @@ def test_decide_refuses_a_category_the_clinic_neither_submitted_nor_was_granted(
     assert not decide(clinician, child, category=Category.VACCINATIONS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "platform_admin_lists_nothing: the platform_admin grant's filter is Q(), and "
-        "visible_records() ORs grants onto Q(pk__in=[]); Django's Q.__or__ drops an "
-        "empty Q, so a platform admin with MFA lists and reads nothing (FHIR 404, empty "
-        "timelines) although decide() says platform_admin"
-    ),
-)
 def test_a_platform_admin_with_mfa_sees_every_record(child: Any) -> None:
     admin = f.UserFactory(is_platform_admin=True, is_staff=True, is_superuser=True)
     f.enable_totp(admin)
@@ -642,27 +614,21 @@ def test_a_platform_admin_with_mfa_sees_every_record(child: Any) -> None:
     assert {record, child.pk} <= visible_ids(admin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "consent_read_emergency_to_person: sharing.fhir.visible_consents admits "
-        "Q(grantee_user=user) for every purpose but research, so the person an "
-        "emergency consent names reads it at /fhir/Consent while it is in force; the "
-        "module's own rule says emergency and research consents are never listed to "
-        "their grantees (their grants are not listable)"
-    ),
-)
 def test_the_person_an_emergency_consent_names_cannot_read_it(
     mother: Any, mother_patient: Any, father: Any
 ) -> None:
     from django.test import Client
 
-    consent_grant(
+    from sharing.models import Consent
+
+    # consent_grant refuses an emergency consent to a person; a row written
+    # some other way is still never readable by that person.
+    Consent.objects.create(
         patient=mother_patient,
-        by=mother,
+        granted_by=mother,
+        grantee_user=father,
         purpose=ConsentPurpose.EMERGENCY,
         categories=[Category.ALLERGIES_CONDITIONS],
-        grantee_user=father,
     )
     client = Client()
     client.force_login(father)

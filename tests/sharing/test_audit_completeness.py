@@ -296,16 +296,6 @@ def test_no_audit_row_carries_the_data_itself(town: Town) -> None:
         assert not any(name in text for name in (*town.names.values(), "前橋", "C-1", "M-1"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "phr.selectors.family() lists every child under an active guardianship, DV "
-        "blocks ignored, and phr.views.home audits them all: a DV-blocked guardian's "
-        "family page shows the child's card (its id, linking to /people/<id>/) and "
-        "writes a success 'view.family' row for the child (rule dv_block) that the "
-        "family's access history would show as an access"
-    ),
-)
 def test_a_blocked_guardians_family_page_neither_shows_nor_audits_the_child(
     mother: User, child: Patient, father: User, municipal_officer: User
 ) -> None:
@@ -317,15 +307,6 @@ def test_a_blocked_guardians_family_page_neither_shows_nor_audits_the_child(
     assert audit.revealed == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "The Django admin reads control data about patients outside sharing.access: "
-        "the Residency change page shows a resident number (宛名番号) and the patient "
-        "id, and writes no audit row (ARCHITECTURE.md: admin actions go through the "
-        "policy point and are audited)"
-    ),
-)
 def test_the_admin_residency_page_writes_one_row_for_the_patient(mother_patient: Patient) -> None:
     admin = f.UserFactory(is_staff=True, is_superuser=True, is_platform_admin=True)
     f.enable_totp(admin)
