@@ -282,6 +282,8 @@ if not DEBUG:
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "hagukumi-demo-2026")
 FHIR_PAGE_SIZE = env_int("FHIR_PAGE_SIZE", 50, minimum=1)
 FHIR_MAX_PAGE_SIZE = 500
+# How long a break-glass window stays open (emergency access without consent).
+BREAK_GLASS_HOURS = env_int("BREAK_GLASS_HOURS", 4, minimum=1)
 # The database role the application runs as in production (no UPDATE/DELETE
 # on the audit table). Migrations grant it; see docs/decisions/audit.md.
 APP_DB_ROLE = env_str("APP_DB_ROLE", "hagukumi_app") or "hagukumi_app"

@@ -14,7 +14,8 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_safe
 
 from phr import selectors
-from phr.roles import is_staff_user
+from phr.models import Role
+from phr.roles import active_memberships, is_staff_user
 from sharing.access import access_patient, audit_reveal
 
 
@@ -24,7 +25,15 @@ def home(request: HttpRequest) -> HttpResponse:
     """わたしの家族: me, my pregnancy and my children."""
     family = selectors.family(user=request.user)
     if family.is_empty and is_staff_user(request.user):
-        return render(request, "phr/staff_home.html")
+        memberships = active_memberships(request.user)
+        staff_links = {
+            "with_me": any(m.role == Role.CLINIC_STAFF for m in memberships),
+            "responder": any(m.role == Role.EMERGENCY_RESPONDER for m in memberships),
+            "officer": any(
+                m.role == Role.MUNICIPAL_STAFF and m.is_privacy_officer for m in memberships
+            ),
+        }
+        return render(request, "phr/staff_home.html", {"staff_links": staff_links})
     # The page shows names, birth dates and a due date: one audit row per
     # person shown.
     audit_reveal(request.user, family.patient_ids, action="view.family")

@@ -96,7 +96,17 @@ ACTION_WORDS = {
     "consent.revoke": gettext_lazy("the end of a sharing consent"),
     "emergency.preference": gettext_lazy("the emergency setting"),
     "access_report.close": gettext_lazy("the handling of a report"),
+    "emergency.summary": gettext_lazy("the emergency summary"),
+    "emergency.search": gettext_lazy("an emergency search that found this person"),
+    "break_glass.start": gettext_lazy("emergency access without consent (break-glass)"),
+    "break_glass.review": gettext_lazy("the review of an emergency access"),
+    "emergency.card_open": gettext_lazy("the emergency summary, opened with the emergency card"),
+    "emergency.card_create": gettext_lazy("a new emergency card"),
+    "emergency.card_revoke": gettext_lazy("the end of an emergency card"),
+    "view.emergency_cards": gettext_lazy("the list of emergency cards"),
 }
+# System bookkeeping, not an access by anyone: kept out of the history.
+HIDDEN_ACTIONS = ("break_glass.alert",)
 ROLE_WORDS = {
     Role.CLINIC_STAFF: pgettext_lazy("who accessed", "clinic staff"),
     Role.MUNICIPAL_STAFF: pgettext_lazy("who accessed", "municipal staff"),
@@ -595,6 +605,7 @@ def history_queryset(user: Any) -> QuerySet[AuditEvent]:
     return (
         AuditEvent.objects.filter(patient_id__in=ids, outcome=AuditEvent.Outcome.SUCCESS)
         .exclude(actor_id=user.pk)
+        .exclude(action__in=HIDDEN_ACTIONS)
         .order_by("-occurred_at", "-id")
     )
 
@@ -625,6 +636,8 @@ def _who(event: AuditEvent, actors: dict[int, User], orgs: dict[int, Organizatio
     actor = actors.get(event.actor_id) if event.actor_id is not None else None
     if event.actor_role == "admin" or (actor is not None and actor.is_platform_admin):
         return gettext("Hagukumi operations staff")
+    if event.actor_role == "card":
+        return gettext("Someone holding the emergency card")
     if actor is None:
         return gettext("The system")
     if event.actor_role in STAFF_ROLES:

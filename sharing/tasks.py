@@ -7,6 +7,8 @@ from django.core.mail import send_mail
 from django.utils import translation
 from django.utils.translation import gettext as _
 
+# Celery autodiscovers tasks.py only: register the emergency alert tasks too.
+import sharing.tasks_emergency  # noqa: F401
 from sharing.models import Consent
 
 
