@@ -301,9 +301,7 @@ def _consents_for(world: World, user_id: int, purposes: Iterable[str]) -> list[d
 # --------------------------------------------------------------------------
 
 
-def _org_consents_for(
-    world: World, user_id: int, purposes: Iterable[str]
-) -> list[dict[str, Any]]:
+def _org_consents_for(world: World, user_id: int, purposes: Iterable[str]) -> list[dict[str, Any]]:
     """Consents naming the user's organization: a person is only ever a
     care grantee, so emergency and research consents count through an
     organization alone."""
@@ -434,7 +432,8 @@ def emergency_visible(world: World, user_id: int) -> set[uuid.UUID]:
                 whole.add(window["patient_id"])
         whole |= world.emergency_opt_in
     by_consent: list[tuple[uuid.UUID, set[str]]] = [
-        (c["patient_id"], set(c["categories"])) for c in _org_consents_for(world, user_id, [EMERGENCY])
+        (c["patient_id"], set(c["categories"]))
+        for c in _org_consents_for(world, user_id, [EMERGENCY])
     ]
     seen = set()
     for rec in world.records:
