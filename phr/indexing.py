@@ -149,6 +149,18 @@ def parse_fhir_date(value: str) -> tuple[datetime, datetime, str]:
     return moment, moment, "instant"
 
 
+def fhir_local_date(value: Any) -> date | None:
+    """A FHIR date or dateTime as the Japanese calendar day it falls on
+    (None for anything shorter than a day or unreadable)."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        start, _, _ = parse_fhir_date(value)
+    except ValueError:
+        return None
+    return start.astimezone(LOCAL_TZ).date()
+
+
 def _dates(resource_type: str, resource: dict[str, Any], out: IndexFields) -> None:
     for path in DATE_PATHS.get(resource_type, ()):
         value = resource.get(path)

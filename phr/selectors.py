@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +23,7 @@ from django.utils.formats import date_format
 from django.utils.translation import get_language, gettext, gettext_lazy, pgettext_lazy
 
 from phr import terminology
+from phr.indexing import fhir_local_date
 from phr.models import Guardianship, Patient, Provenance, Resource
 from sharing.access import blocked_patients, visible_records
 
@@ -157,17 +158,7 @@ def _patient_resources(user: Any, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, d
 
 
 def _date_of(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        if len(value) == 10:
-            return date.fromisoformat(value)
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return moment.date()
-    return timezone.localtime(moment, JAPAN).date()
+    return fhir_local_date(value)
 
 
 def _due_date_in_extensions(content: dict[str, Any]) -> date | None:

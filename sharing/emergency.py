@@ -50,6 +50,7 @@ from phr import terminology
 from phr.audit import audit_write
 from phr.fhir import fhir_instant, to_fhir
 from phr.identifiers import MEDICAL_INSTITUTION_SYSTEM, municipality_check_digit
+from phr.indexing import fhir_local_date
 from phr.models import (
     AuditEvent,
     Guardianship,
@@ -236,17 +237,7 @@ def _status_code(content: dict[str, Any], element: str) -> str:
 
 
 def _date_of(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        if len(value) == 10:
-            return date.fromisoformat(value)
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return moment.date()
-    return timezone.localtime(moment, JAPAN).date()
+    return fhir_local_date(value)
 
 
 def _is_active_allergy(content: dict[str, Any]) -> bool:
