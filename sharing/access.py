@@ -141,7 +141,8 @@ class _Grant:
     categories: tuple[str, ...] | None = None
     scope: Q | None = None
     blocked: tuple[uuid.UUID, ...] = ()
-    consent_id: uuid.UUID | None = None
+    # consent grants: which consent (and its end) covers each patient
+    consent_by_patient: dict[uuid.UUID, tuple[uuid.UUID, Any]] = field(default_factory=dict)
     break_glass_id: int | None = None
     ends_at: Any = None
     # Emergency grants do not list patients: they serve one found patient's
@@ -192,7 +193,8 @@ def blocked_patients(user: Any) -> tuple[uuid.UUID, ...]:
 def _consent_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
     from sharing.models import Consent, ConsentPurpose
 
-    grants = []
+    grants: list[_Grant] = []
+    merged: dict[tuple[Any, ...], _Grant] = {}
     orgs = {m.organization_id: m for m in active_memberships(user)} if has_mfa(user) else {}
     consents = Consent.objects.active().filter(
         Q(grantee_user=user) | Q(grantee_org_id__in=list(orgs))
@@ -214,20 +216,27 @@ def _consent_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
             if expected is None or membership.role != expected:
                 continue  # research consents give no identified access
         emergency = consent.purpose == ConsentPurpose.EMERGENCY
-        grants.append(
-            _Grant(
+        categories = tuple(sorted(consent.categories))
+        # Consents alike but for their patient become one grant (one
+        # compartment-overlap branch with an array of patients), so a
+        # clinic holding hundreds of consents does not make a query with
+        # hundreds of branches.
+        key = (rule, role, org_id, categories, emergency)
+        grant = merged.get(key)
+        if grant is None:
+            grant = merged[key] = _Grant(
                 rule,
                 Purpose.EMERGENCY if emergency else Purpose.CARE,
                 role,
                 organization_id=org_id,
-                patient_ids=[consent.patient_id],
-                categories=tuple(consent.categories),
+                categories=categories,
                 scope=emergency_scope() if emergency else None,
-                consent_id=consent.pk,
-                ends_at=consent.ends_at,
                 listable=not emergency,
             )
-        )
+        if consent.patient_id not in grant.consent_by_patient:
+            grant.patient_ids.append(consent.patient_id)
+            grant.consent_by_patient[consent.patient_id] = (consent.pk, consent.ends_at)
+    grants.extend(merged.values())
     return grants
 
 
@@ -385,7 +394,9 @@ def _grant_reaches(grant: _Grant, patient_id: uuid.UUID, category: str | None = 
     return False
 
 
-def _decision(grant: _Grant) -> Decision:
+def _decision(grant: _Grant, patient_id: uuid.UUID | None = None) -> Decision:
+    covering = grant.consent_by_patient.get(patient_id) if patient_id is not None else None
+    consent_id, until = covering if covering is not None else (None, grant.ends_at)
     return Decision(
         True,
         grant.rule,
@@ -393,10 +404,10 @@ def _decision(grant: _Grant) -> Decision:
         purpose=grant.purpose,
         role=grant.role,
         organization_id=grant.organization_id,
-        consent_id=grant.consent_id,
+        consent_id=consent_id,
         break_glass_id=grant.break_glass_id,
         categories=grant.categories,
-        until=grant.ends_at,
+        until=until,
     )
 
 
@@ -423,7 +434,7 @@ def decide(
         if not grant.allows(category, sensitivity):
             continue
         if _grant_reaches(grant, patient_id, category):
-            return _decision(grant)
+            return _decision(grant, patient_id)
     if is_staff_user(user) and not has_mfa(user):
         return NO_MFA
     return DENY
@@ -439,7 +450,7 @@ def explain(user: Any, patient: Patient | uuid.UUID, *, category: str | None = N
     if patient_id in blocked_patients(user):
         return Explanation(DV_BLOCKED, [])
     granting = [
-        _decision(g)
+        _decision(g, patient_id)
         for g in _grants(user)
         if g.allows(category, Sensitivity.NORMAL) and _grant_reaches(g, patient_id, category)
     ]
