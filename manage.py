@@ -9,7 +9,16 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
+
+    try:
+        # Read the settings now: Django's command runner would hide a bad
+        # environment behind "Models aren't loaded yet".
+        settings.INSTALLED_APPS  # noqa: B018
+    except ImproperlyConfigured as exc:
+        sys.exit(f"Configuration error: {exc} (for development: DEBUG=1; see docs/operations.md)")
 
     execute_from_command_line(sys.argv)
 
