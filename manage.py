@@ -18,7 +18,13 @@ def main() -> None:
         # environment behind "Models aren't loaded yet".
         settings.INSTALLED_APPS  # noqa: B018
     except ImproperlyConfigured as exc:
-        sys.exit(f"Configuration error: {exc} (for development: DEBUG=1; see docs/operations.md)")
+        # Exit status 2 (not 1): a configuration problem, not a failed check
+        # such as `makemigrations --check`.
+        print(
+            f"Configuration error: {exc} (for development: DEBUG=1; see docs/operations.md)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
     execute_from_command_line(sys.argv)
 
