@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[["JobContext"], dict[str, Any] | None]
 HANDLERS: dict[str, Handler] = {}
+# Called with the job row when a kind of job fails for good (an exception,
+# or the sweeper giving up after the last attempt): e.g. mark its batch failed.
+FAILURE_HOOKS: dict[str, Callable[[Job], None]] = {}
 
 # A queued job nobody picked up for this long lost its message: re-send it.
 REQUEUE_QUEUED_AFTER = timedelta(minutes=5)
@@ -39,11 +42,16 @@ class LeaseLost(Exception):
     """Another worker took this job over (our lease had expired)."""
 
 
-def job_handler(kind: str) -> Callable[[Handler], Handler]:
-    """Register the function that does a kind of job."""
+def job_handler(
+    kind: str, *, on_failure: Callable[[Job], None] | None = None
+) -> Callable[[Handler], Handler]:
+    """Register the function that does a kind of job (and, optionally, what
+    to do when it fails for good)."""
 
     def register(func: Handler) -> Handler:
         HANDLERS[kind] = func
+        if on_failure is not None:
+            FAILURE_HOOKS[kind] = on_failure
         return func
 
     return register
@@ -174,6 +182,7 @@ def job_run(*, job_id: int, worker: str | None = None) -> str:
             finished_at=timezone.now(),
             lease_until=None,
         )
+        _failed(job)
         return "failed"
     done = Job.objects.filter(pk=job_id, worker=me, status=Job.Status.RUNNING).update(
         status=Job.Status.DONE,
@@ -185,13 +194,26 @@ def job_run(*, job_id: int, worker: str | None = None) -> str:
     return "done" if done else "lease-lost"
 
 
+def _failed(job: Job) -> None:
+    hook = FAILURE_HOOKS.get(job.kind)
+    if hook is None:
+        return
+    try:
+        hook(job)
+    except Exception:
+        logger.exception("job %s: the failure hook failed", job.pk)
+
+
 def sweep_expired_leases(*, now: datetime | None = None) -> list[int]:
     """Re-queue running jobs whose lease expired (their worker died) and
     re-send queued jobs whose message was lost; fail jobs out of attempts."""
     now = now or timezone.now()
-    Job.objects.filter(
+    giving_up = Job.objects.filter(
         status=Job.Status.RUNNING, lease_until__lt=now, attempts__gte=F("max_attempts")
-    ).update(
+    )
+    for job in giving_up:
+        _failed(job)
+    giving_up.update(
         status=Job.Status.FAILED,
         error="gave up: the lease expired after the last attempt",
         finished_at=now,

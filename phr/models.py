@@ -13,6 +13,7 @@ Two kinds of data live here (docs/decisions/0001-two-kinds-of-data.md):
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -186,8 +187,10 @@ class Membership(models.Model):
         expected = ROLE_ORGANIZATION_KIND[Role(self.role)]
         if self.organization_id and self.organization.kind != expected:
             raise ValidationError(
-                {"organization": _("This role needs an organization of kind %(kind)s.")
-                 % {"kind": expected.label}}
+                {
+                    "organization": _("This role needs an organization of kind %(kind)s.")
+                    % {"kind": expected.label}
+                }
             )
 
 
@@ -502,6 +505,13 @@ class Resource(models.Model):
             models.Index(fields=["resource_type", "date_start"], name="phr_res_type_date"),
             # serves _lastUpdated searches and feeds
             models.Index(fields=["last_updated"], name="phr_res_last_updated"),
+            # serves imports: a source row's records (system = and value LIKE 'key#%')
+            models.Index(
+                fields=["source_system", "source_value"],
+                opclasses=["varchar_pattern_ops", "varchar_pattern_ops"],
+                name="phr_res_source",
+                condition=~Q(source_system=""),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -552,7 +562,10 @@ class AuditEvent(models.Model):
     id = models.BigIntegerField(primary_key=True)
     occurred_at = models.DateTimeField()
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, models.DO_NOTHING, db_constraint=False, null=True,
+        settings.AUTH_USER_MODEL,
+        models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
         related_name="+",
     )
     actor_role = models.CharField(max_length=32)
@@ -594,3 +607,161 @@ class AuditSeal(models.Model):
 
     def __str__(self) -> str:
         return f"seal {self.period_start}–{self.period_end}"
+
+
+# --------------------------------------------------------------------------
+# The ingest pipeline: batches (an uploaded file or a pulled feed page),
+# their row errors, and feed sources with their runs. The formats and the
+# screens live in the apps that bring them (municipal_data, clinics).
+# --------------------------------------------------------------------------
+
+
+class Batch(models.Model):
+    """One file to import: stored as received, with its checksum, then
+    validated (a report of every bad row and a summary of what an import
+    would change), confirmed by a person (or a feed run), and imported.
+
+    received → validating → validated → importing → imported
+                          ↘ rejected (the file as a whole is unreadable)
+    """
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", _("received")
+        VALIDATING = "validating", _("validating")
+        VALIDATED = "validated", _("validated")
+        IMPORTING = "importing", _("importing")
+        IMPORTED = "imported", _("imported")
+        REJECTED = "rejected", _("rejected")
+        FAILED = "failed", _("failed")
+        CANCELLED = "cancelled", _("cancelled")
+
+    class Encoding(models.TextChoices):
+        AUTO = "auto", _("detect")
+        UTF8 = "utf-8", "UTF-8"
+        CP932 = "cp932", "Shift_JIS (CP932)"
+
+    organization = models.ForeignKey(Organization, models.PROTECT, related_name="batches")
+    format = models.CharField(_("format"), max_length=64)
+    filename = models.CharField(_("file name"), max_length=255)
+    path = models.CharField(max_length=300)  # under MEDIA_ROOT
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    encoding = models.CharField(max_length=8, choices=Encoding.choices, default=Encoding.AUTO)
+    detected_encoding = models.CharField(max_length=16, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    feed_run = models.ForeignKey(
+        "FeedRun", models.SET_NULL, null=True, blank=True, related_name="batches"
+    )
+    # An earlier batch of this organization with the same bytes and format.
+    same_as = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="+")
+    validate_job = models.ForeignKey(Job, models.SET_NULL, null=True, blank=True, related_name="+")
+    import_job = models.ForeignKey(Job, models.SET_NULL, null=True, blank=True, related_name="+")
+    # rows, valid, invalid, new_patients, created, updated, deleted, unchanged, review
+    summary = models.JSONField(default=dict)
+    result = models.JSONField(default=dict)
+    file_error = models.JSONField(default=dict, blank=True)  # {code, ja, en} when rejected
+    only_valid = models.BooleanField(default=False)
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="phr_batch_org_recent"),
+            models.Index(fields=["organization", "sha256"], name="phr_batch_org_sha"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.format} {self.filename} ({self.status})"
+
+
+class BatchError(models.Model):
+    """A bad row (or cell) of a batch, in the words a person reads: line,
+    column as the file wrote it, the value, and why, in Japanese and
+    English."""
+
+    batch = models.ForeignKey(Batch, models.CASCADE, related_name="errors")
+    line = models.PositiveIntegerField()
+    column = models.CharField(max_length=100, blank=True)
+    value = models.CharField(max_length=120, blank=True)
+    code = models.CharField(max_length=32)
+    message_ja = models.CharField(max_length=300)
+    message_en = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["line", "id"]
+        indexes = [models.Index(fields=["batch", "line"], name="phr_batcherror_line")]
+
+    def __str__(self) -> str:
+        return f"line {self.line} {self.column}: {self.message_en}"
+
+
+class FeedSource(models.Model):
+    """An outside system we pull records from on a schedule (a municipal
+    health system, a school-affairs system, a clinic EHR)."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        FHIR = "fhir", _("FHIR Bundle / NDJSON")
+
+    organization = models.ForeignKey(Organization, models.PROTECT, related_name="feed_sources")
+    name = models.CharField(_("name"), max_length=100)
+    url = models.URLField(_("URL"), max_length=500)
+    # Sent as the Authorization header; never shown again after saving.
+    auth_header = models.CharField(_("authorization header"), max_length=500, blank=True)
+    format = models.CharField(_("format"), max_length=64)  # a pipeline format key
+    cursor_param = models.CharField(_("cursor parameter"), max_length=40, default="_since")
+    cursor = models.CharField(_("cursor"), max_length=500, blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FeedRun(models.Model):
+    """One pull of a feed source: how many items came, were imported, or
+    were refused, how long it took, and the cursor it started from and
+    committed."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("running")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+
+    source = models.ForeignKey(FeedSource, models.CASCADE, related_name="runs")
+    job = models.ForeignKey(Job, models.SET_NULL, null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    cursor_before = models.CharField(max_length=500, blank=True)
+    cursor_after = models.CharField(max_length=500, blank=True)
+    pages = models.PositiveIntegerField(default=0)
+    items = models.PositiveIntegerField(default=0)
+    imported = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "-started_at"], name="phr_feedrun_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        return self.finished_at - self.started_at if self.finished_at else None

@@ -1,0 +1,406 @@
+"""The ingest pipeline for files: receive → validate → confirm → import.
+
+A file (an upload, or a page a feed pulled) is stored as received with its
+SHA-256 and becomes a Batch row. Two jobs (phr/jobs.py: rows with leases,
+resumable) then read it as a stream, chunk by chunk:
+
+- "batch.validate" checks every row and records each bad one (line,
+  column, value, reason in Japanese and English) as a BatchError, and asks
+  the format what an import would change (new patients, new records,
+  updates, deletions, unchanged, rows for the match-review queue). Nothing
+  clinical is written.
+- "batch.import", after a person confirms (or a feed run, which confirms
+  its own pages), writes the valid rows through the format's `apply`, each
+  chunk in one transaction with its checkpoint: a killed worker's
+  successor resumes after the last committed chunk, and because every
+  record's id comes from its source identifier, a chunk done twice or a
+  file uploaded twice writes nothing new.
+
+Formats are registered by the apps that bring them (municipal_data,
+clinics): a PipelineFormat says how to read the file into rows, how to
+plan a chunk and how to apply one. phr knows no format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from phr.jobs import JobContext, job_enqueue, job_handler
+from phr.models import Batch, BatchError, FeedRun, Job, Organization, Provenance, User
+from phr.services import provenance_create
+from phr.tabular import FileError, Row
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1000
+COUNT_KEYS = (
+    "rows",
+    "valid",
+    "invalid",
+    "new_patients",
+    "created",
+    "updated",
+    "deleted",
+    "unchanged",
+    "review",
+)
+
+Reader = Callable[[Batch, IO[bytes], int], tuple[Iterator[Row], str]]
+Planner = Callable[[Batch, list[Row], dict[str, Any]], dict[str, int]]
+Applier = Callable[[Batch, list[Row], Provenance], dict[str, int]]
+
+
+@dataclass(frozen=True)
+class PipelineFormat:
+    """How to read, plan and apply one kind of file.
+
+    - read(batch, raw, skip) -> (rows, detected encoding): a stream of
+      Rows (bad cells already on row.errors), `skip` data rows passed over;
+      raises tabular.FileError when the file as a whole is unreadable.
+    - plan(batch, valid_rows, state) -> counts: what applying them would
+      do, without writing; may add errors to rows (they then count as
+      invalid). `state` is carried from chunk to chunk (JSON).
+    - apply(batch, valid_rows, provenance) -> counts: write them, in the
+      caller's transaction.
+    """
+
+    key: str
+    label_ja: str
+    label_en: str
+    read: Reader
+    plan: Planner
+    apply: Applier
+    organization_kinds: tuple[str, ...] = (Organization.Kind.MUNICIPALITY,)
+
+
+FORMATS: dict[str, PipelineFormat] = {}
+
+
+def format_register(fmt: PipelineFormat) -> PipelineFormat:
+    FORMATS[fmt.key] = fmt
+    return fmt
+
+
+def format_get(key: str) -> PipelineFormat:
+    try:
+        return FORMATS[key]
+    except KeyError:
+        raise ValidationError(_("Unknown file format."), code="format") from None
+
+
+def zero_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNT_KEYS, 0)
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    for key, value in more.items():
+        total[key] = total.get(key, 0) + value
+    return total
+
+
+# --------------------------------------------------------------------------
+# Receiving a file
+# --------------------------------------------------------------------------
+
+
+def batch_file_path(batch: Batch) -> Path:
+    return Path(settings.MEDIA_ROOT) / batch.path
+
+
+def _store(chunks: Iterable[bytes], relative: str) -> tuple[str, int]:
+    target = Path(settings.MEDIA_ROOT) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    partial = target.with_suffix(target.suffix + ".part")
+    with partial.open("wb") as handle:
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            handle.write(chunk)
+    partial.rename(target)
+    return digest.hexdigest(), size
+
+
+def _count_records(path: Path) -> int:
+    """Lines after the header: the progress total (a quoted field holding a
+    line break makes it an estimate)."""
+    newlines = 0
+    last = b""
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            newlines += block.count(b"\n")
+            last = block[-1:]
+    lines = newlines + (1 if last not in (b"\n", b"") else 0)
+    return max(lines - 1, 0)
+
+
+def batch_receive(
+    *,
+    organization: Organization,
+    format_key: str,
+    chunks: Iterable[bytes],
+    filename: str,
+    user: User | None = None,
+    encoding: str = Batch.Encoding.AUTO,
+    feed_run: FeedRun | None = None,
+    validate: bool = True,
+) -> Batch:
+    """Store the file with its checksum, create the batch, and queue its
+    validation (once the row is committed)."""
+    fmt = format_get(format_key)
+    if organization.kind not in fmt.organization_kinds:
+        raise PermissionDenied("This organization does not send this format.")
+    if encoding not in Batch.Encoding.values:
+        raise ValidationError(_("Unknown encoding."), code="encoding")
+    name = Path(filename).name[:200] or "upload"
+    relative = f"batches/{organization.pk}/{uuid.uuid4()}{Path(name).suffix[:10]}"
+    sha256, size = _store(chunks, relative)
+    with transaction.atomic():
+        same_as = (
+            Batch.objects.filter(
+                organization=organization,
+                format=format_key,
+                sha256=sha256,
+                status=Batch.Status.IMPORTED,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        batch = Batch.objects.create(
+            organization=organization,
+            format=format_key,
+            filename=name,
+            path=relative,
+            sha256=sha256,
+            size=size,
+            encoding=encoding,
+            uploaded_by=user,
+            feed_run=feed_run,
+            same_as=same_as,
+        )
+        if validate:
+            batch.validate_job = job_enqueue(
+                kind="batch.validate",
+                payload={"batch_id": batch.pk},
+                created_by=user,
+                organization=organization,
+                progress_total=_count_records(batch_file_path(batch)),
+            )
+            batch.save(update_fields=["validate_job"])
+    return batch
+
+
+def batch_confirm(*, batch: Batch, user: User | None, only_valid: bool = False) -> Batch:
+    """Start the import of a validated batch. A batch with bad rows is
+    imported only when the person chooses to import the valid rows alone."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        if batch.status != Batch.Status.VALIDATED:
+            raise ValidationError(
+                _("Only a validated batch can be imported (this one is %(status)s).")
+                % {"status": batch.get_status_display()},
+                code="status",
+            )
+        if batch.summary.get("invalid") and not only_valid:
+            raise ValidationError(
+                _(
+                    "The file has rows with errors: fix them and upload again, "
+                    "or choose to import only the valid rows."
+                ),
+                code="invalid_rows",
+            )
+        if not batch.summary.get("valid"):
+            raise ValidationError(_("The file has no valid row to import."), code="empty")
+        batch.status = Batch.Status.IMPORTING
+        batch.only_valid = only_valid
+        batch.confirmed_by = user
+        batch.confirmed_at = timezone.now()
+        batch.import_job = job_enqueue(
+            kind="batch.import",
+            payload={"batch_id": batch.pk},
+            created_by=user,
+            organization=batch.organization,
+            progress_total=batch.summary.get("rows"),
+        )
+        batch.save(
+            update_fields=["status", "only_valid", "confirmed_by", "confirmed_at", "import_job"]
+        )
+    return batch
+
+
+def batch_cancel(*, batch: Batch, user: User | None) -> Batch:
+    """Drop a batch that was not imported (e.g. to fix and re-upload)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        if batch.status not in (Batch.Status.VALIDATED, Batch.Status.REJECTED):
+            raise ValidationError(_("This batch can no longer be cancelled."), code="status")
+        batch.status = Batch.Status.CANCELLED
+        batch.finished_at = timezone.now()
+        batch.save(update_fields=["status", "finished_at"])
+    return batch
+
+
+# --------------------------------------------------------------------------
+# The jobs
+# --------------------------------------------------------------------------
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _error_rows(batch: Batch, rows: Iterable[Row]) -> list[BatchError]:
+    out = []
+    for row in rows:
+        for error in row.errors:
+            out.append(
+                BatchError(
+                    batch=batch,
+                    line=error.line,
+                    column=error.column[:100],
+                    value=error.value[:120],
+                    code=error.code[:32],
+                    message_ja=error.ja[:300],
+                    message_en=error.en[:300],
+                )
+            )
+    return out
+
+
+def _reject(batch: Batch, error: FileError) -> None:
+    batch.status = Batch.Status.REJECTED
+    batch.file_error = {"code": error.code, "ja": error.ja, "en": error.en}
+    batch.finished_at = timezone.now()
+    batch.save(update_fields=["status", "file_error", "finished_at"])
+
+
+def _open(batch: Batch, fmt: PipelineFormat, skip: int) -> tuple[IO[bytes], Iterator[Row], str]:
+    handle: IO[bytes] = batch_file_path(batch).open("rb")
+    try:
+        rows, encoding = fmt.read(batch, handle, skip)
+    except BaseException:
+        handle.close()
+        raise
+    return handle, rows, encoding
+
+
+def batch_failed(job: Job) -> None:
+    """A batch job that failed for good marks its batch failed."""
+    batch_id = (job.payload or {}).get("batch_id")
+    if batch_id:
+        Batch.objects.filter(pk=batch_id).exclude(status=Batch.Status.IMPORTED).update(
+            status=Batch.Status.FAILED, finished_at=timezone.now()
+        )
+
+
+@job_handler("batch.validate", on_failure=batch_failed)
+def batch_validate(ctx: JobContext) -> dict[str, Any]:
+    batch = Batch.objects.get(pk=ctx.payload["batch_id"])
+    fmt = format_get(batch.format)
+    done = int(ctx.cursor.get("rows", 0))
+    counts = dict(ctx.cursor.get("counts") or zero_counts())
+    state: dict[str, Any] = dict(ctx.cursor.get("state") or {})
+    if batch.status == Batch.Status.RECEIVED:
+        Batch.objects.filter(pk=batch.pk).update(status=Batch.Status.VALIDATING)
+    try:
+        handle, rows, encoding = _open(batch, fmt, done)
+    except FileError as error:
+        with transaction.atomic():
+            _reject(batch, error)
+        return {"rejected": error.code}
+    with handle:
+        try:
+            for chunk in _chunks(rows, CHUNK_ROWS):
+                valid = [row for row in chunk if row.ok]
+                planned = fmt.plan(batch, valid, state) if valid else {}
+                invalid = sum(1 for row in chunk if not row.ok)
+                add_counts(counts, planned)
+                add_counts(
+                    counts, {"rows": len(chunk), "valid": len(chunk) - invalid, "invalid": invalid}
+                )
+                done += len(chunk)
+                with transaction.atomic():
+                    BatchError.objects.bulk_create(_error_rows(batch, chunk))
+                    ctx.checkpoint(
+                        cursor={"rows": done, "counts": counts, "state": state},
+                        progress_done=done,
+                    )
+        except FileError as error:
+            with transaction.atomic():
+                _reject(batch, error)
+            return {"rejected": error.code}
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch.pk).update(
+            status=Batch.Status.VALIDATED, summary=counts, detected_encoding=encoding
+        )
+        Job.objects.filter(pk=ctx.job.pk).update(progress_total=done)
+    logger.info("batch %s validated: %s", batch.pk, counts)
+    return counts
+
+
+@job_handler("batch.import", on_failure=batch_failed)
+def batch_import(ctx: JobContext) -> dict[str, Any]:
+    batch = Batch.objects.select_related("organization").get(pk=ctx.payload["batch_id"])
+    fmt = format_get(batch.format)
+    done = int(ctx.cursor.get("rows", 0))
+    counts = dict(ctx.cursor.get("counts") or zero_counts())
+    # Test hook: slow each chunk so a test can kill the worker mid-way.
+    pause = float(ctx.payload.get("pause_per_chunk", 0))
+    chunk_rows = int(ctx.payload.get("chunk_rows", CHUNK_ROWS))
+    provenance_id = ctx.cursor.get("provenance_id")
+    if provenance_id is None:
+        provenance = provenance_create(
+            origin=(
+                Provenance.Origin.MUNICIPALITY
+                if batch.organization.kind == Organization.Kind.MUNICIPALITY
+                else Provenance.Origin.CLINIC
+            ),
+            user=batch.confirmed_by,
+            organization=batch.organization,
+            source=f"batch:{batch.pk}:{batch.sha256[:12]}",
+            job_id=ctx.job.pk,
+        )
+    else:
+        provenance = Provenance.objects.get(pk=provenance_id)
+    handle, rows, _encoding = _open(batch, fmt, done)
+    with handle:
+        for chunk in _chunks(rows, chunk_rows):
+            valid = [row for row in chunk if row.ok]
+            with transaction.atomic():
+                applied = fmt.apply(batch, valid, provenance) if valid else {}
+                add_counts(counts, applied)
+                add_counts(counts, {"rows": len(chunk), "invalid": len(chunk) - len(valid)})
+                done += len(chunk)
+                ctx.checkpoint(
+                    cursor={"rows": done, "counts": counts, "provenance_id": provenance.pk},
+                    progress_done=done,
+                )
+            if pause:
+                time.sleep(pause)
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch.pk).update(
+            status=Batch.Status.IMPORTED, result=counts, finished_at=timezone.now()
+        )
+    logger.info("batch %s imported: %s", batch.pk, counts)
+    return counts
