@@ -270,7 +270,7 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-def _error_rows(batch: Batch, rows: Iterable[Row]) -> list[BatchError]:
+def error_rows(batch: Batch, rows: Iterable[Row]) -> list[BatchError]:
     out = []
     for row in rows:
         for error in row.errors:
@@ -341,7 +341,7 @@ def batch_validate(ctx: JobContext) -> dict[str, Any]:
                 )
                 done += len(chunk)
                 with transaction.atomic():
-                    BatchError.objects.bulk_create(_error_rows(batch, chunk))
+                    BatchError.objects.bulk_create(error_rows(batch, chunk))
                     ctx.checkpoint(
                         cursor={"rows": done, "counts": counts, "state": state},
                         progress_done=done,
