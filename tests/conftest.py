@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from config.celery import app as celery_app
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Hypothesis: a small, derandomized profile in CI (.ci/run exports
 # HYPOTHESIS_PROFILE=ci), a larger one for developers.
@@ -132,6 +140,69 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     reason=f"{item.name} needs REDIS_URL: it starts a real Celery worker on Redis"
                 )
             )
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    host = quote(db["HOST"] or "", safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
+    return f"postgres://{db['USER']}{password}@{host}{port}/{db['NAME']}"
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Any]:
+    """Start real Celery worker processes (on REDIS_URL, against the test
+    database) and kill them all at the end: start(lease_seconds=3)."""
+    workers: list[subprocess.Popen[bytes]] = []
+
+    from django.conf import settings
+
+    def start(lease_seconds: int = 3) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "DATABASE_URL": _database_url(),
+            "JOB_LEASE_SECONDS": str(lease_seconds),
+            "DEBUG": "1",
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        }
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "--loglevel=warning",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        workers.append(process)
+        return process
+
+    yield start
+    for process in workers:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from phr.jobs import JobContext, LeaseLost, job_claim, job_enqueue, job_run, sweep_expired_leases
 from phr.models import Job, Resource, ResourceHistory
 from tests import factories as f
+from tests.conftest import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,11 +64,16 @@ def test_it_lets_a_worker_take_over_an_expired_lease() -> None:
 @pytest.mark.django_db
 def test_it_requeues_expired_leases_and_fails_after_the_last_attempt() -> None:
     stuck = Job.objects.create(
-        kind="fhir.ndjson", status=Job.Status.RUNNING, attempts=1,
+        kind="fhir.ndjson",
+        status=Job.Status.RUNNING,
+        attempts=1,
         lease_until=timezone.now() - timedelta(seconds=1),
     )
     exhausted = Job.objects.create(
-        kind="fhir.ndjson", status=Job.Status.RUNNING, attempts=5, max_attempts=5,
+        kind="fhir.ndjson",
+        status=Job.Status.RUNNING,
+        attempts=5,
+        max_attempts=5,
         lease_until=timezone.now() - timedelta(seconds=1),
     )
     woken = sweep_expired_leases()
@@ -84,9 +85,7 @@ def test_it_requeues_expired_leases_and_fails_after_the_last_attempt() -> None:
 
 
 @pytest.mark.django_db
-def test_it_imports_ndjson_idempotently_and_reports_bad_lines(
-    tmp_path: Path, child: Any
-) -> None:
+def test_it_imports_ndjson_idempotently_and_reports_bad_lines(tmp_path: Path, child: Any) -> None:
     name = _ndjson(tmp_path, child, 30, bad_lines=(4,))
     payload = {"path": name, "source_system": "urn:test:file"}
     first = job_enqueue(kind="fhir.ndjson", payload=payload)
@@ -108,50 +107,6 @@ def test_it_imports_ndjson_idempotently_and_reports_bad_lines(
 # --------------------------------------------------------------------------
 # A real worker process on Redis
 # --------------------------------------------------------------------------
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    host = quote(db["HOST"] or "", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    password = f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else ""
-    return f"postgres://{db['USER']}{password}@{host}{port}/{db['NAME']}"
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Any]:
-    workers: list[subprocess.Popen[bytes]] = []
-
-    def start(lease_seconds: int = 3) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "DATABASE_URL": _database_url(),
-            "JOB_LEASE_SECONDS": str(lease_seconds),
-            "DEBUG": "1",
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-             "--loglevel=warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, start_new_session=True,
-        )
-        workers.append(process)
-        return process
-
-    yield start
-    for process in workers:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.mark.worker
