@@ -53,7 +53,6 @@ from phr.services import (
     MCH_HANDBOOK_SYSTEM,
     RESIDENT_NUMBER_SYSTEM,
     guardianship_add,
-    patient_create,
     patient_resource,
 )
 
@@ -205,13 +204,60 @@ def _patient_for(person: Person) -> dict[str, Any]:
     )
 
 
-def _lock(person: Person) -> None:
-    """Serialise the creation of one resident across concurrent imports."""
+def _lock(keys: list[str]) -> None:
+    """Serialise the creation of residents across concurrent imports: one
+    transaction-scoped advisory lock per resident, taken in sorted order
+    (so two imports never wait on each other in a circle), in one query."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))",
-            [f"resident|{person.municipality_code}|{person.resident_number}"],
+            "SELECT count(pg_advisory_xact_lock(hashtext(k))) "
+            "FROM (SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS ordered",
+            [sorted(keys)],
         )
+
+
+def residents_create(
+    people: People, candidates: list[tuple[Person, MunicipalRecord]], provenance: Provenance
+) -> set[uuid.UUID]:
+    """Create, in bulk, the chunk's residents nobody knows yet (identity
+    rows, FHIR Patients, residencies); return their ids."""
+    municipality = people.municipality
+    wanted: dict[str, tuple[Person, MunicipalRecord]] = {}
+    for person, record in candidates:
+        match = people.match(person)
+        if match.patient_id is None and not match.differences and not _unidentified(person, match):
+            wanted.setdefault(person.resident_number, (person, record))
+    if not wanted:
+        return set()
+    _lock([f"resident|{municipality.code}|{number}" for number in wanted])
+    # Another import may have created some of them a moment ago.
+    for number, patient_id in Residency.objects.filter(
+        municipality=municipality, resident_number__in=list(wanted)
+    ).values_list("resident_number", "patient_id"):
+        match = people.match(wanted.pop(number)[0])
+        match.patient_id = patient_id
+        match.new = False
+    patients: list[Patient] = []
+    residencies: list[Residency] = []
+    staged: list[store.Staged] = []
+    for number, (person, record) in wanted.items():
+        patient_id = uuid.uuid4()
+        kind = Patient.Kind.CHILD if person.kind == "child" else Patient.Kind.ADULT
+        patients.append(Patient(id=patient_id, kind=kind))
+        residencies.append(
+            Residency(
+                patient_id=patient_id,
+                municipality=municipality,
+                resident_number=number,
+                valid_from=_residency_start(person, record),
+            )
+        )
+        staged.append(store.stage(_patient_for(person), resource_id=patient_id))
+        people.match(person).patient_id = patient_id
+    Patient.objects.bulk_create(patients)
+    Residency.objects.bulk_create(residencies)
+    store.write_staged(staged, provenance=provenance, copy=True)
+    return {p.pk for p in patients}
 
 
 def _residency_start(person: Person, record: MunicipalRecord) -> date:
@@ -225,7 +271,8 @@ def _residency_start(person: Person, record: MunicipalRecord) -> date:
 def person_resolve(
     people: People, person: Person, record: MunicipalRecord, provenance: Provenance
 ) -> Match:
-    """Match the person, creating or moving them when the row says so."""
+    """Match the person (created in bulk before, see residents_create), or
+    move them here when the row says the family moved."""
     match = people.match(person)
     if match.differences or (match.patient_id and not match.moved_from):
         return match
@@ -244,27 +291,7 @@ def person_resolve(
         )
         match.moved_from = None
         return match
-    _lock(person)
-    existing = Residency.objects.filter(
-        municipality=municipality, resident_number=person.resident_number
-    ).first()
-    if existing is not None:  # another import created them a moment ago
-        match.patient_id = existing.patient_id
-        match.new = False
-        return match
-    patient = patient_create(
-        kind=Patient.Kind.CHILD if person.kind == "child" else Patient.Kind.ADULT,
-        resource=_patient_for(person),
-        provenance=provenance,
-    )
-    Residency.objects.create(
-        patient=patient,
-        municipality=municipality,
-        resident_number=person.resident_number,
-        valid_from=_residency_start(person, record),
-    )
-    match.patient_id = patient.pk
-    return match
+    return match  # unknown and not creatable: the caller skips the row
 
 
 # --------------------------------------------------------------------------
@@ -399,8 +426,21 @@ def apply(
     people.lookup(
         [r.subject for _, r in records] + [r.mother for _, r in records if r.mother is not None]
     )
+    created = residents_create(
+        people,
+        [
+            (person, record)
+            for _, record in records
+            if record.change != "delete"
+            for person in (record.subject, record.mother)
+            if person is not None
+        ],
+        provenance,
+    )
+    counts["new_patients"] += len(created)
     writes: list[tuple[dict[str, Any], store.Source]] = []
     item_ids: dict[str, set[uuid.UUID]] = {}
+    old_subject: set[str] = set()
     check: set[str] = set()
     deletes: list[str] = []
     pairs: set[tuple[uuid.UUID, uuid.UUID]] = set()
@@ -414,14 +454,7 @@ def apply(
             continue
         matches: dict[str, Match] = {}
         for person in persons:
-            before_new = people.match(person).patient_id is None
             matches[person.kind] = person_resolve(people, person, record, provenance)
-            if (
-                before_new
-                and matches[person.kind].patient_id
-                and not matches[person.kind].differences
-            ):
-                counts["new_patients"] += 1
         differing = [(p, matches[p.kind]) for p in persons if matches[p.kind].differences]
         if differing:
             person, match = differing[0]
@@ -453,14 +486,17 @@ def apply(
         }
         if record.change == "update":
             check.add(record.key)
+        if subject_id not in created:
+            old_subject.add(record.key)
     result = store.records_write_bulk(writes, provenance=provenance) if writes else None
     if result is not None:
         counts["created"] += len(result.created)
         counts["updated"] += len(result.updated)
         counts["unchanged"] += len(result.unchanged)
-        # A row whose records changed may have lost an item (a cell emptied).
+        # A row whose records changed may have lost an item (a cell emptied);
+        # a person created just now has no older records to lose.
         changed = set(result.created) | set(result.updated)
-        check |= {key for key, ids in item_ids.items() if ids & changed}
+        check |= {key for key in old_subject if item_ids[key] & changed}
     # Records a corrected row no longer carries, and all of a "delete"
     # row's records, become tombstones.
     live = _row_records(fmt, municipality.code, sorted(check) + deletes)
