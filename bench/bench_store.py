@@ -28,23 +28,27 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import os
 import random
-import resource
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common
+from bench.common import (
+    Phase,
+    checkpoint,
+    copy_in,
+    copy_out,
+    execute,
+    peak_rss_mb,
+    timed,
+)
 
 BENCH_DB = "hagukumi_bench"
 DEVICE_SYSTEM = "urn:hagukumi:device:gateway"
@@ -52,50 +56,6 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 CATEGORY = "https://hagukumi.jp/fhir/CodeSystem/data-category"
 JST = timedelta(hours=9)
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in kilobytes on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def server_cpu() -> float | None:
-    """CPU seconds used so far by our connection's server process, when the
-    server runs on this machine (it does for the embedded one and in CI)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # utime and stime, fields 14 and 15 of proc(5), in clock ticks.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Phase:
-    seconds: float = 0.0
-    client_cpu: float = 0.0
-    server_cpu: float | None = None
-
-
-@contextmanager
-def timed(label: str, out: dict[str, Phase]) -> Iterator[None]:
-    """Wall time, and the CPU time of this process and of the server
-    process, which stay meaningful when the machine is busy with other
-    work."""
-    server_start = server_cpu()
-    cpu_start = time.process_time()
-    start = time.perf_counter()
-    yield
-    phase = Phase(time.perf_counter() - start, time.process_time() - cpu_start)
-    server_end = server_cpu()
-    if server_start is not None and server_end is not None:
-        phase.server_cpu = server_end - server_start
-    out[label] = phase
 
 
 # --- data ------------------------------------------------------------------------
@@ -187,65 +147,11 @@ def generate(rows: int, *, seed: int = 20250401) -> list[tuple[dict[str, Any], A
 
 
 def recreate_database() -> str:
-    """Drop and create the scratch database, then point Django at it;
-    return the name of the database the settings named."""
-    from django.conf import settings
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-        cursor.execute(f"CREATE DATABASE {BENCH_DB}")
-    connection.close()
-    original: str = settings.DATABASES["default"]["NAME"]
-    settings.DATABASES["default"]["NAME"] = BENCH_DB
-    connection.settings_dict["NAME"] = BENCH_DB
-    return original
+    return common.recreate_database(BENCH_DB)
 
 
 def drop_database(original: str) -> None:
-    """Leave no gigabyte of scratch data in the development server."""
-    from django.conf import settings
-    from django.db import connection
-
-    connection.close()
-    settings.DATABASES["default"]["NAME"] = original
-    connection.settings_dict["NAME"] = original
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-
-
-def checkpoint() -> None:
-    """Start each timed phase with no dirty buffers left by the last one."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("CHECKPOINT")
-
-
-def copy_out(table: str) -> bytes:
-    from django.db import connection
-
-    buffer = io.BytesIO()
-    with connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY {table} TO STDOUT", buffer)
-    return buffer.getvalue()
-
-
-def copy_in(table: str, data: bytes) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY {table} FROM STDIN", io.BytesIO(data), 1 << 20)
-
-
-def execute(sql: str) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-
-
-# --- the run -------------------------------------------------------------------------
+    common.drop_database(BENCH_DB, original)
 
 
 def write_all(
