@@ -14,7 +14,4 @@ class MunicipalDataConfig(AppConfig):
         # (feeds) register themselves on import.
         from municipal_data import importing
 
-        try:  # TEMPORARY while the formats are being written
-            importing.register_all()
-        except ImportError:
-            return
+        importing.register_all()

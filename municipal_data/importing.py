@@ -343,6 +343,23 @@ def _existing_hashes(staged: list[store.Staged]) -> dict[str, str]:
         return dict(cursor.fetchall())
 
 
+def _last_per_key(
+    rows: list[tabular.Row], counts: dict[str, int]
+) -> list[tuple[tabular.Row, MunicipalRecord]]:
+    """A file that names a row key twice (an addition, then its correction
+    or withdrawal further down) means its last word: only the last row of
+    each key is applied, so importing the same file again writes nothing.
+    (Within a chunk of rows; the rows of one key are almost always close.)
+    The rows it supersedes count as unchanged."""
+    last: dict[str, tuple[tabular.Row, MunicipalRecord]] = {}
+    for row in rows:
+        record: MunicipalRecord = row.record
+        last.pop(record.key, None)
+        last[record.key] = (row, record)
+    counts["unchanged"] += len(rows) - len(last)
+    return sorted(last.values(), key=lambda pair: pair[0].line)
+
+
 def plan(
     fmt: MunicipalFormat, batch: Batch, rows: list[tabular.Row], state: dict[str, Any]
 ) -> dict[str, int]:
@@ -350,7 +367,7 @@ def plan(
     counts = {"new_patients": 0, "created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     counts["review"] = 0
     people = People(batch.organization)
-    records: list[tuple[tabular.Row, MunicipalRecord]] = [(row, row.record) for row in rows]
+    records = _last_per_key(rows, counts)
     people.lookup(
         [r.subject for _, r in records] + [r.mother for _, r in records if r.mother is not None]
     )
@@ -422,7 +439,7 @@ def apply(
     counts["review"] = 0
     municipality = batch.organization
     people = People(municipality)
-    records: list[tuple[tabular.Row, MunicipalRecord]] = [(row, row.record) for row in rows]
+    records = _last_per_key(rows, counts)
     people.lookup(
         [r.subject for _, r in records] + [r.mother for _, r in records if r.mother is not None]
     )
@@ -450,7 +467,9 @@ def apply(
             continue
         persons = [record.subject] + ([record.mother] if record.mother else [])
         if any(_unidentified(p, people.match(p)) for p in persons):
+            # Validation reported it; it stays out (and counts as invalid).
             counts["invalid"] = counts.get("invalid", 0) + 1
+            counts["valid"] = counts.get("valid", 0) - 1
             continue
         matches: dict[str, Match] = {}
         for person in persons:
@@ -500,6 +519,7 @@ def apply(
     # Records a corrected row no longer carries, and all of a "delete"
     # row's records, become tombstones.
     live = _row_records(fmt, municipality.code, sorted(check) + deletes)
+    counts["unchanged"] += sum(1 for key in deletes if not live.get(key))
     for key, records_of_key in live.items():
         keep = set() if key in deletes else item_ids.get(key, set())
         for rid, rtype in records_of_key:

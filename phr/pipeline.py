@@ -390,7 +390,10 @@ def batch_import(ctx: JobContext) -> dict[str, Any]:
             with transaction.atomic():
                 applied = fmt.apply(batch, valid, provenance) if valid else {}
                 add_counts(counts, applied)
-                add_counts(counts, {"rows": len(chunk), "invalid": len(chunk) - len(valid)})
+                add_counts(
+                    counts,
+                    {"rows": len(chunk), "valid": len(valid), "invalid": len(chunk) - len(valid)},
+                )
                 done += len(chunk)
                 ctx.checkpoint(
                     cursor={"rows": done, "counts": counts, "provenance_id": provenance.pk},
