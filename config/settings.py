@@ -284,6 +284,8 @@ FHIR_PAGE_SIZE = env_int("FHIR_PAGE_SIZE", 50, minimum=1)
 FHIR_MAX_PAGE_SIZE = 500
 # How long a break-glass window stays open (emergency access without consent).
 BREAK_GLASS_HOURS = env_int("BREAK_GLASS_HOURS", 4, minimum=1)
+# The largest file municipal staff may upload on /municipal/upload/, in MB.
+MUNICIPAL_UPLOAD_MAX_MB = env_int("MUNICIPAL_UPLOAD_MAX_MB", 200, minimum=1)
 # The database role the application runs as in production (no UPDATE/DELETE
 # on the audit table). Migrations grant it; see docs/decisions/audit.md.
 APP_DB_ROLE = env_str("APP_DB_ROLE", "hagukumi_app") or "hagukumi_app"

@@ -12,5 +12,6 @@ urlpatterns = [
     path("fhir/", include("phr.fhir_urls")),
     path("emergency/", include("sharing.emergency_urls")),
     path("sharing/", include("sharing.urls")),
+    path("municipal/", include("municipal_data.urls")),
     path("", include("phr.urls")),
 ]

@@ -204,9 +204,17 @@ def batch_receive(
     return batch
 
 
-def batch_confirm(*, batch: Batch, user: User | None, only_valid: bool = False) -> Batch:
+def batch_confirm(
+    *,
+    batch: Batch,
+    user: User | None,
+    only_valid: bool = False,
+    job_options: dict[str, Any] | None = None,
+) -> Batch:
     """Start the import of a validated batch. A batch with bad rows is
-    imported only when the person chooses to import the valid rows alone."""
+    imported only when the person chooses to import the valid rows alone.
+    `job_options` (chunk_rows, pause_per_chunk) are for benchmarks and the
+    crash tests."""
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
         if batch.status != Batch.Status.VALIDATED:
@@ -231,7 +239,7 @@ def batch_confirm(*, batch: Batch, user: User | None, only_valid: bool = False) 
         batch.confirmed_at = timezone.now()
         batch.import_job = job_enqueue(
             kind="batch.import",
-            payload={"batch_id": batch.pk},
+            payload={"batch_id": batch.pk, **(job_options or {})},
             created_by=user,
             organization=batch.organization,
             progress_total=batch.summary.get("rows"),
