@@ -27,7 +27,7 @@ from typing import Any
 from django.utils import timezone
 
 from municipal_data.records import Change, Person
-from phr import store, terminology
+from phr import terminology
 from phr.identifiers import (
     MEDICAL_INSTITUTION_SYSTEM,
     MUNICIPALITY_CODE_SYSTEM,
@@ -559,8 +559,10 @@ def names(row: Row, columns: dict[str, Column], prefix: str, *, required: bool) 
             if any(has_error(row, k) for k in (*missing, f"{prefix}name")):
                 return None
             ja, _ = label(columns, f"{prefix}name")
+            # Reported on the name column the file has (the one-cell name, or the family name).
+            one_cell = f"{prefix}name" in row.headers and missing[0] not in row.headers
             row.error(
-                f"{prefix}family_name",
+                f"{prefix}name" if one_cell else missing[0],
                 "required",
                 f"「{ja}」が空です（{ADD_REQUIRED_JA}）",
                 f"the {prefix.replace('_', ' ')}name is empty ({ADD_REQUIRED_EN})",
@@ -884,6 +886,10 @@ def item_id(format_key: str, municipality: str, key: str, item: str, resource_ty
     importer writes every item with the source identifier (format system,
     key + "#" + item) (municipal_data/records.py), so a resource of the row
     can reference another (an Observation its checkup Encounter)."""
+    # Imported here so that the formats (and their docs generator) load
+    # before Django's apps are ready; phr.store needs the models.
+    from phr import store
+
     system = f"urn:hagukumi:municipality:{municipality}:{format_key}"
     return str(store.source_resource_id(resource_type, store.Source(system, f"{key}#{item}")))
 

@@ -395,6 +395,8 @@ COLUMNS: tuple[Column, ...] = (
 )
 _BY_KEY = common.columns_by_key(COLUMNS)
 KEY_COLUMNS = ("municipality_code", "resident_number", "kind", "date")
+# Cells an add or update row must fill (the name may be one 氏名 cell instead).
+REQUIRED_ON_ADD = ("family_name", "given_name", "birth_date", "sex")
 
 
 # --------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from municipal_data.formats.common import (
     past_date,
 )
 from municipal_data.records import Items, MunicipalFormat, MunicipalRecord
-from phr.services import MCH_HANDBOOK_SYSTEM
 from phr.tabular import Column, FieldError, Row, date_between
 from phr.terminology import Category
 
@@ -134,6 +133,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 _BY_KEY = common.columns_by_key(COLUMNS)
 KEY_COLUMNS = ("municipality_code", "resident_number", "mch_handbook_number")
+REQUIRED_ON_ADD = ("family_name", "given_name", "birth_date", "notification_date")
 
 
 def to_record(row: Row, uploading: str) -> MunicipalRecord | None:
@@ -217,6 +217,8 @@ def status(values: dict[str, Any], today: date) -> str:
 def resources(record: MunicipalRecord, subject: str, mother: str | None) -> Items:
     """The EpisodeOfCare and Observations of an add/update row (nothing for
     a deletion). `subject` is the pregnant woman."""
+    from phr.services import MCH_HANDBOOK_SYSTEM  # needs the models: imported when used
+
     if record.change == "delete":
         return []
     values = record.values

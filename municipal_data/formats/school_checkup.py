@@ -331,6 +331,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 _BY_KEY = common.columns_by_key(COLUMNS)
 KEY_COLUMNS = ("municipality_code", "resident_number", "date")
+REQUIRED_ON_ADD = ("family_name", "given_name", "birth_date", "sex", "school_name", "grade")
 
 
 # --------------------------------------------------------------------------

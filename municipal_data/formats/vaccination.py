@@ -137,7 +137,7 @@ VACCINES = {
             "rv5", "ロタウイルス 5価(ロタテック)", "Rotavirus pentavalent (RotaTeq)", _THREE,
             ("ロタテック", "ロタウイルス5価", "5価ロタ", "ロタ5価", "RV5", "RotaTeq"),
         ),
-        Vaccine("bcg", "BCG", "BCG", _ONE, ("BCG", "結核")),
+        Vaccine("bcg", "BCG", "BCG", _ONE, ("BCG", "BCGワクチン")),
         Vaccine(
             "mr", "麻しん風しん(MR)", "Measles-rubella (MR)",
             (Series("第1期", 1, None, 1), Series("第2期", 2, None, 1)),
@@ -425,6 +425,7 @@ COLUMNS: tuple[Column, ...] = (
 )
 _BY_KEY = common.columns_by_key(COLUMNS)
 KEY_COLUMNS = ("municipality_code", "resident_number", "vaccine", "dose")
+REQUIRED_ON_ADD = ("family_name", "given_name", "birth_date", "sex", "date")
 
 
 # --------------------------------------------------------------------------
@@ -478,7 +479,9 @@ def _dose_number(row: Row, v: Vaccine, spec: DoseSpec, series: DoseSpec | None) 
     try:
         return resolve(v, spec)
     except DoseProblem as problem:
-        row.error("dose", problem.code, problem.ja, problem.en)
+        # A series the vaccine does not have came from the 期 cell when there is one.
+        column = "series" if series is not None and problem.code == "dose_series" else "dose"
+        row.error(column, problem.code, problem.ja, problem.en)
         return None
 
 
