@@ -29,6 +29,7 @@ def home(request: HttpRequest) -> HttpResponse:
         staff_links = {
             "with_me": any(m.role == Role.CLINIC_STAFF for m in memberships),
             "responder": any(m.role == Role.EMERGENCY_RESPONDER for m in memberships),
+            "municipal": any(m.role == Role.MUNICIPAL_STAFF for m in memberships),
             "officer": any(
                 m.role == Role.MUNICIPAL_STAFF and m.is_privacy_officer for m in memberships
             ),
