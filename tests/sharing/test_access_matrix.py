@@ -62,12 +62,15 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from municipal_data.models import MatchReview
 from phr import services, store
 from phr.authentication import api_token_create
 from phr.fhir import to_fhir
 from phr.indexing import SUPPORTED_TYPES
 from phr.models import (
     AuditEvent,
+    Batch,
+    BatchError,
     Guardianship,
     Organization,
     Patient,
@@ -218,6 +221,17 @@ def scoped(
     body: `ok` for `for_personas`, 404 for everyone else signed in (the
     object missing and not theirs alike); other verbs 405."""
     return Rule(SCOPED, params=params, for_personas=for_personas, verb=verb, ok=ok)
+
+
+def municipal(sample: Callable[[World], str], **ok: int) -> Rule:
+    """A page or action about one object of the town (a batch, a match
+    review), its id in the path: the town's staff get `ok` per verb;
+    everyone else signed in a 404 (the other town's staff too: not theirs
+    looks like missing); a verb not in `ok` answers 405 to everyone."""
+    verbs = {verb: S(user=404, municipal_officer=status) for verb, status in ok.items()}
+    for verb in ("GET", "POST"):
+        verbs.setdefault(verb, S(user=405))
+    return page(AUTH, sample, **verbs)  # type: ignore[arg-type]
 
 
 def staff(sample: str = "", **verbs: int) -> Rule:
@@ -397,6 +411,47 @@ EXPECTATIONS: dict[str, Rule] = {
         frozenset({"municipal_officer"}),
     ),
     "sharing/with-me/": listing(lambda w, p: consented_to(w, p)),
+    # --- Municipal staff pages (municipal_data/urls.py): municipal staff with
+    # MFA only; a batch or review of another town is a 404 ---------------------
+    "municipal/": listing(
+        lambda w, p: set(),  # aggregate figures only
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=405),
+    ),
+    "municipal/upload/": page(  # POST without a file: the form with errors
+        AUTH,
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=404, municipal_officer=200, other_municipal_officer=200),
+    ),
+    "municipal/batches/": listing(
+        lambda w, p: set(),
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=405),
+    ),
+    "municipal/batches/<int:batch_id>/": municipal(
+        lambda w: f"municipal/batches/{w.ids['batch']}/", GET=200
+    ),
+    "municipal/batches/<int:batch_id>/progress/": municipal(
+        lambda w: f"municipal/batches/{w.ids['batch']}/progress/", GET=200
+    ),
+    "municipal/batches/<int:batch_id>/errors.csv": municipal(
+        lambda w: f"municipal/batches/{w.ids['batch']}/errors.csv", GET=200
+    ),
+    "municipal/batches/<int:batch_id>/confirm/": municipal(
+        lambda w: f"municipal/batches/{w.ids['batch']}/confirm/", POST=302
+    ),
+    "municipal/batches/<int:batch_id>/cancel/": municipal(
+        lambda w: f"municipal/batches/{w.ids['batch']}/cancel/", POST=302
+    ),
+    # The queue shows the row from the file and what the child's record says.
+    "municipal/reviews/": listing(
+        lambda w, p: {"child"} if p == "municipal_officer" else set(),
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=405),
+    ),
+    "municipal/reviews/<int:review_id>/decide/": municipal(  # no decision: back to the queue
+        lambda w: f"municipal/reviews/{w.ids['match_review']}/decide/", POST=302
+    ),
     # --- Emergency access (sharing/emergency_urls.py) --------------------------
     "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED, summary_reach),
     "emergency/summary/<uuid:patient_id>.json": patient_page(SUMMARY_ALLOWED, summary_reach),
@@ -648,6 +703,40 @@ def build_world() -> World:
         review_municipality=town,
     )
     _card, card_token = card_create(patient=child, by=mother)
+    # The town's upload (validated, one bad row) and a row of it waiting for
+    # a match review against the child (the municipal pages).
+    batch = Batch.objects.create(
+        organization=town,
+        format="infant_checkup",
+        filename="matrix.csv",
+        path="batches/matrix.csv",
+        sha256="0" * 64,
+        size=100,
+        status=Batch.Status.VALIDATED,
+        summary={"rows": 2, "valid": 1, "invalid": 1, "review": 1},
+    )
+    BatchError.objects.create(
+        batch=batch,
+        line=3,
+        column="受診日",
+        value="2026-13-01",
+        code="date",
+        message_ja="存在しない日付です",
+        message_en="no such date",
+    )
+    match_review = MatchReview.objects.create(
+        municipality=town,
+        batch=batch,
+        format="infant_checkup",
+        line=2,
+        row_key="RN-C-4712|1m|2026-01-10",
+        row_hash="0" * 64,
+        resident_number="RN-C-4712",
+        patient=child,
+        row={"resident_number": "RN-C-4712", "given_name": "陽翔太", "birth_date": "2025-09-03"},
+        differences=[{"field": "birth_date", "file": "2025-09-03", "record": "2025-09-01"}],
+    )
+
 
     origin = Provenance.Origin
     records: dict[str, uuid.UUID] = {}
@@ -792,6 +881,8 @@ def build_world() -> World:
             "block_event": str(block_event.pk),
             "report": str(report.pk),
             "card_token": card_token,
+            "batch": str(batch.pk),
+            "match_review": str(match_review.pk),
         },
     )
 
