@@ -111,8 +111,8 @@ def resident_number(value: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z-]{1,20}", value):
         raise FieldError(
             "resident_number",
-            f"宛名番号「{value}」には英数字（20文字まで）だけが使えます",
-            f"resident number {value!r}: only letters and digits (at most 20)",
+            f"宛名番号「{value}」には英数字とハイフン（20文字まで）だけが使えます",
+            f"resident number {value!r}: only letters, digits and hyphens (at most 20)",
         )
     return value.upper()
 
@@ -207,11 +207,12 @@ _FINDING_SPELLINGS = {
 
 
 def _lookup(spellings: dict[str, Sequence[str]]) -> dict[str, str]:
+    """Spellings compared as header_key() compares headers; a spelling that
+    header_key() would empty ("-") is kept as written."""
     table: dict[str, str] = {}
     for code, words in spellings.items():
-        table[header_key(code)] = code
-        for word in words:
-            table[header_key(word)] = code
+        for word in (code, *words):
+            table[header_key(word) or word] = code
     return table
 
 
@@ -219,7 +220,7 @@ _FINDING_LOOKUP = _lookup(_FINDING_SPELLINGS)
 
 
 def finding(value: str) -> str:
-    code = _FINDING_LOOKUP.get(header_key(value)) or _FINDING_LOOKUP.get(value)
+    code = _FINDING_LOOKUP.get(header_key(value) or value)
     if code is None:
         raise FieldError(
             "choice",

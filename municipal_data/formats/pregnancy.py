@@ -75,11 +75,17 @@ def fetus_count(value: str) -> int:
     text = unicodedata.normalize("NFKC", value).replace(" ", "")
     text = re.sub(r"(人|児|胎児)$", "", text)
     count = _FETUSES.get(text) or (int(text) if re.fullmatch(r"\d{1,2}", text) else None)
-    if count is None or not 1 <= count <= 5:
+    if count is None:
         raise FieldError(
             "fetus_count",
             f"胎児数「{value}」が読めません（1〜5、または単胎・双胎・品胎）",
-            f"the number of fetuses {value!r} is not 1–5 (or 単胎, 双胎, 品胎)",
+            f"the number of fetuses {value!r} is not readable (1–5, or 単胎, 双胎, 品胎)",
+        )
+    if not 1 <= count <= 5:
+        raise FieldError(
+            "fetus_count",
+            f"胎児数 {count} はありえない値です（1〜5）",
+            f"{count} fetuses is impossible (1–5)",
         )
     return count
 
@@ -199,7 +205,7 @@ def _check_dates(row: Row, values: dict[str, Any]) -> None:
                 "gestational_age",
                 "gestation_mismatch",
                 f"届出時妊娠週数 {weeks[0]}週{weeks[1]}日 が出産予定日から計算した週数"
-                f"（{implied // 7}週{implied % 7}日）と2週以上違います",
+                f"（{implied // 7}週{implied % 7}日）と2週を超えて違います",
                 f"the gestational age {weeks[0]}w{weeks[1]}d differs by more than 2 weeks from "
                 f"the {implied // 7}w{implied % 7}d the due date gives",
             )

@@ -585,6 +585,21 @@ def test_urine_test_strip_results(written: str, code: str) -> None:
     assert common.dipstick(tabular.normalize(written)) == code
 
 
+@pytest.mark.parametrize(
+    ("written", "code"),
+    [("1", "no-findings"), ("所見なし", "no-findings"), ("異常なし", "no-findings"),
+     ("-", "no-findings"), ("2", "findings"), ("所見あり", "findings"), ("+", "findings")],
+)  # fmt: skip
+def test_findings_are_all_or_nothing(written: str, code: str) -> None:
+    assert common.finding(written) == code
+
+
+@pytest.mark.parametrize("written", ["・", "()", "3", "要観察", "?"])
+def test_anything_else_is_not_a_finding(written: str) -> None:
+    with pytest.raises(tabular.FieldError):
+        common.finding(written)
+
+
 # --------------------------------------------------------------------------
 # Vaccinations
 # --------------------------------------------------------------------------
@@ -1085,5 +1100,34 @@ def test_random_valid_rows_map_to_valid_fhir_indexed_under_the_formats_category(
             if record.change == "delete":  # pragma: no cover - never generated
                 continue
             assert_valid_and_indexed(fmt, record)
+
+    check()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_any_cell_text_gives_a_record_or_row_errors_never_an_exception(name: str) -> None:
+    """to_record runs inside the import job: whatever a cell holds, it
+    reports the row, it never raises; what it accepts still maps to valid
+    FHIR."""
+    fmt = FORMATS[name]
+    header, rows = sample_header_and_rows(name)
+    cell_text = st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(("0", "-1", "9999-12-31", "R99.1.1", "00010101", "999", "1e3", "NaN")),
+        st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3})?", fullmatch=True),
+    )
+
+    @settings(suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        row=st.sampled_from(rows),
+        changes=st.dictionaries(st.sampled_from(header), cell_text, min_size=1, max_size=4),
+    )
+    def check(row: list[str], changes: dict[str, str]) -> None:
+        changed = with_cells(header, row, **changes)
+        changed = [cell.replace("\x00", "") for cell in changed]
+        for parsed, record in read_bytes(csv_bytes(header, [changed]), fmt):
+            assert (record is None) == bool(parsed.errors)
+            if record is not None and record.change != "delete":
+                assert_valid_and_indexed(fmt, record)
 
     check()
