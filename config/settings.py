@@ -192,6 +192,10 @@ ACCOUNT_RATE_LIMITS = {
     "login": "30/m/ip",
     "signup": "20/m/ip",
     "reset_password": "20/m/ip,5/m/key",
+    # Family link codes (municipal_data.link_views): attempts per account and
+    # per address; the address allows more, as parents at a town-hall
+    # session share one.
+    "link_code": env_str("LINK_CODE_RATE_LIMIT", "5/15m/user,20/15m/ip"),
 }
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "Hagukumi PHR"
@@ -286,6 +290,8 @@ FHIR_MAX_PAGE_SIZE = 500
 BREAK_GLASS_HOURS = env_int("BREAK_GLASS_HOURS", 4, minimum=1)
 # The largest file municipal staff may upload on /municipal/upload/, in MB.
 MUNICIPAL_UPLOAD_MAX_MB = env_int("MUNICIPAL_UPLOAD_MAX_MB", 200, minimum=1)
+# How long a family link code (the letter municipal staff hand out) stays valid.
+LINK_CODE_DAYS = env_int("LINK_CODE_DAYS", 90, minimum=1)
 # The database role the application runs as in production (no UPDATE/DELETE
 # on the audit table). Migrations grant it; see docs/decisions/audit.md.
 APP_DB_ROLE = env_str("APP_DB_ROLE", "hagukumi_app") or "hagukumi_app"
