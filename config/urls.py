@@ -13,5 +13,6 @@ urlpatterns = [
     path("emergency/", include("sharing.emergency_urls")),
     path("sharing/", include("sharing.urls")),
     path("municipal/", include("municipal_data.urls")),
+    path("link/", include("municipal_data.link_urls")),
     path("", include("phr.urls")),
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from municipal_data import views
+from municipal_data import link_views, views
 
 app_name = "municipal"
 
@@ -24,4 +24,17 @@ urlpatterns = [
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch_cancel"),
     path("reviews/", views.reviews, name="reviews"),
     path("reviews/<int:review_id>/decide/", views.review_decision, name="review_decide"),
+    # Family link codes (municipal_data/link_views.py)
+    path("link-codes/", link_views.link_codes, name="link_codes"),
+    path("link-codes/issue/", link_views.link_code_issue, name="link_code_issue"),
+    path(
+        "link-codes/<int:link_code_id>/revoke/",
+        link_views.link_code_revoke,
+        name="link_code_revoke",
+    ),
+    path(
+        "link-codes/<int:link_code_id>/letter/",
+        link_views.link_code_letter,
+        name="link_code_letter",
+    ),
 ]

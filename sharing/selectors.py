@@ -104,6 +104,11 @@ ACTION_WORDS = {
     "emergency.card_create": gettext_lazy("a new emergency card"),
     "emergency.card_revoke": gettext_lazy("the end of an emergency card"),
     "view.emergency_cards": gettext_lazy("the list of emergency cards"),
+    "link_code.issue": gettext_lazy("a new family link code"),
+    "link_code.revoke": gettext_lazy("the end of a family link code"),
+    "link_code.redeem": gettext_lazy("an account linked with the family link code"),
+    "view.link_codes": gettext_lazy("the list of family link codes"),
+    "view.link_code_letter": gettext_lazy("the letter with a family link code"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
 HIDDEN_ACTIONS = ("break_glass.alert",)
