@@ -62,6 +62,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from municipal_data.linking import link_code_issue
 from municipal_data.models import MatchReview
 from phr import services, store
 from phr.authentication import api_token_create
@@ -411,6 +412,36 @@ EXPECTATIONS: dict[str, Rule] = {
         frozenset({"municipal_officer"}),
     ),
     "sharing/with-me/": listing(lambda w, p: consented_to(w, p)),
+    # --- Family link codes (municipal_data/link_views.py): the town's staff
+    # with MFA; another town's code is a 404; the letter shows the code only
+    # right after issuing (the world's was issued earlier: no code, no names).
+    "municipal/link-codes/": listing(
+        lambda w, p: {"child"} if p == "municipal_officer" else set(),
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=404, municipal_officer=405, other_municipal_officer=405),
+    ),
+    "municipal/link-codes/issue/": page(  # POST without a number: the form with errors
+        AUTH,
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=404, municipal_officer=400, other_municipal_officer=400),
+    ),
+    "municipal/link-codes/<int:link_code_id>/revoke/": page(
+        AUTH,
+        lambda w: f"municipal/link-codes/{w.ids['link_code']}/revoke/",
+        GET=S(user=404, municipal_officer=405, other_municipal_officer=405),
+        POST=S(user=404, municipal_officer=302),
+    ),
+    "municipal/link-codes/<int:link_code_id>/letter/": page(
+        AUTH,
+        lambda w: f"municipal/link-codes/{w.ids['link_code']}/letter/",
+        GET=S(user=404, municipal_officer=200),
+        POST=S(user=404, municipal_officer=405, other_municipal_officer=405),
+    ),
+    # A parent's link code form (municipal_data/link_urls.py): anyone signed
+    # in; a POST without a code is the form with errors; "done" without a
+    # fresh link goes to the family page.
+    "link/": page(AUTH, GET=S(user=200), POST=S(user=400)),
+    "link/done/": page(AUTH, GET=S(user=302), POST=S(user=405)),
     # --- Municipal staff pages (municipal_data/urls.py): municipal staff with
     # MFA only; a batch or review of another town is a 404 ---------------------
     "municipal/": listing(
@@ -703,6 +734,10 @@ def build_world() -> World:
         review_municipality=town,
     )
     _card, card_token = card_create(patient=child, by=mother)
+    # A family link code for the child (the town's list names the child).
+    link_code, _letter_code = link_code_issue(
+        municipality=town, child=child, by=people["municipal_officer"]
+    )
     # The town's upload (validated, one bad row) and a row of it waiting for
     # a match review against the child (the municipal pages).
     batch = Batch.objects.create(
@@ -881,6 +916,7 @@ def build_world() -> World:
             "block_event": str(block_event.pk),
             "report": str(report.pk),
             "card_token": card_token,
+            "link_code": str(link_code.pk),
             "batch": str(batch.pk),
             "match_review": str(match_review.pk),
         },
