@@ -93,10 +93,13 @@ class Match:
 
 
 def _identity(patient_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """The birth date and sex recorded for each patient (what a match checks)."""
+    if not patient_ids:
+        return {}
     rows = Resource.objects.filter(id__in=patient_ids, resource_type="Patient").values_list(
-        "id", "content"
+        "id", "content__birthDate", "content__gender"
     )
-    return dict(rows)
+    return {pid: {"birthDate": birth or "", "gender": sex or ""} for pid, birth, sex in rows}
 
 
 def _differences(person: Person, content: dict[str, Any]) -> list[dict[str, str]]:
@@ -128,9 +131,12 @@ class People:
         wanted -= set(self.cache)
         if not wanted:
             return
-        condition = Q()
+        by_code: dict[str, list[str]] = {}
         for code, number in wanted:
-            condition |= Q(municipality__code=code, resident_number=number)
+            by_code.setdefault(code, []).append(number)
+        condition = Q()
+        for code, numbers in by_code.items():
+            condition |= Q(municipality__code=code, resident_number__in=numbers)
         found: dict[tuple[str, str], tuple[uuid.UUID, Residency]] = {}
         for residency in (
             Residency.objects.filter(condition)
@@ -455,7 +461,7 @@ def apply(
         provenance,
     )
     counts["new_patients"] += len(created)
-    writes: list[tuple[dict[str, Any], store.Source]] = []
+    writes: list[store.Staged] = []
     item_ids: dict[str, set[uuid.UUID]] = {}
     old_subject: set[str] = set()
     check: set[str] = set()
@@ -498,16 +504,17 @@ def apply(
         assert subject_id is not None
         if mother_id is not None and record.subject.kind == "child":
             pairs.add((mother_id, subject_id))
-        items = _sources(fmt, record, subject_id, mother_id)
-        writes += items
-        item_ids[record.key] = {
-            store.source_resource_id(resource["resourceType"], source) for resource, source in items
-        }
+        staged = [
+            store.stage(resource, source=source)
+            for resource, source in _sources(fmt, record, subject_id, mother_id)
+        ]
+        writes += staged
+        item_ids[record.key] = {item.id for item in staged}
         if record.change == "update":
             check.add(record.key)
         if subject_id not in created:
             old_subject.add(record.key)
-    result = store.records_write_bulk(writes, provenance=provenance) if writes else None
+    result = store.write_staged(writes, provenance=provenance, copy=True) if writes else None
     if result is not None:
         counts["created"] += len(result.created)
         counts["updated"] += len(result.updated)

@@ -303,6 +303,12 @@ class Residency(models.Model):
         indexes = [
             # serves access: a municipality's current residents
             models.Index(fields=["municipality", "valid_to"], name="phr_residency_municipality"),
+            # serves imports: matching a municipality's resident numbers
+            models.Index(
+                fields=["municipality", "resident_number"],
+                name="phr_residency_number",
+                condition=~Q(resident_number=""),
+            ),
         ]
 
     def __str__(self) -> str:

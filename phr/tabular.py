@@ -143,6 +143,8 @@ _SPACES = re.compile(r"[\s\u3000]+")
 def normalize(value: str) -> str:
     """NFKC (full-width digits, letters, spaces and symbols to ASCII;
     half-width katakana to full-width), runs of spaces to one, trimmed."""
+    if value.isascii() and value.isprintable() and "  " not in value:
+        return value.strip()  # nothing for NFKC to do
     return _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip()
 
 
@@ -510,32 +512,40 @@ def parse_row(line: int, cells: list[str], header: Header, columns: Sequence[Col
             )
         )
         return row
+    values = row.values
+    raw = row.raw
     for column in columns:
-        position = header.positions.get(column.key)
-        cell = cells[position] if position is not None and position < len(cells) else ""
-        row.raw[column.key] = cell
+        key = column.key
+        position = header.positions.get(key)
+        cell = cells[position] if position is not None else ""
+        raw[key] = cell
+        if not cell or cell.isspace():  # most cells of a wide file are empty
+            values[key] = None
+            if column.required:
+                row.error(key, "required", "必須の項目が空です", "a required value is empty")
+            continue
         if _undecodable(cell):
             row.error(
-                column.key,
+                key,
                 "encoding",
                 "文字コードが正しくない文字があります（UTF-8 か Shift_JIS で保存してください）",
                 "the value has bytes that are not valid in the file's encoding",
             )
-            row.values[column.key] = None
+            values[key] = None
             continue
         if len(cell) > MAX_FIELD:
-            row.error(column.key, "too_long", "値が長すぎます", "the value is too long")
-            row.values[column.key] = None
+            row.error(key, "too_long", "値が長すぎます", "the value is too long")
+            values[key] = None
             continue
         value = normalize_name(cell) if column.name else normalize(cell)
         if not value:
-            row.values[column.key] = None
+            values[key] = None
             if column.required:
-                row.error(column.key, "required", "必須の項目が空です", "a required value is empty")
+                row.error(key, "required", "必須の項目が空です", "a required value is empty")
             continue
         try:
-            row.values[column.key] = column.parse(value)
+            values[key] = column.parse(value)
         except FieldError as error:
-            row.values[column.key] = None
-            row.error(column.key, error.code, error.ja, error.en)
+            values[key] = None
+            row.error(key, error.code, error.ja, error.en)
     return row
