@@ -192,7 +192,10 @@ def _patient_for(person: Person) -> dict[str, Any]:
             "value": person.resident_number,
         }
     ]
-    if person.mch_handbook_number:
+    # The MCH handbook is issued to the pregnant woman: its number
+    # identifies her (the emergency lookup by handbook number finds one
+    # person). A child's rows name it too; there it is not an identifier.
+    if person.mch_handbook_number and person.kind == "mother":
         identifiers.append(
             {
                 "system": MCH_HANDBOOK_SYSTEM.format(municipality_code=person.municipality_code),
