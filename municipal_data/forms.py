@@ -8,6 +8,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.utils.translation import gettext_lazy as _
 
 from municipal_data import selectors
@@ -16,6 +17,42 @@ from phr.models import Batch
 
 def upload_limit_bytes() -> int:
     return int(settings.MUNICIPAL_UPLOAD_MAX_MB) * 1024 * 1024
+
+
+class UploadLimit(FileUploadHandler):
+    """Stops reading a file past MUNICIPAL_UPLOAD_MAX_MB, before the
+    handlers after it (memory, then a temporary file) store any more of
+    it: the rest of the body is read and thrown away, the request goes on
+    without the file, and `exceeded` tells the view why. A body whose
+    declared length is already too large is not stored at all."""
+
+    # The form's other fields and the multipart framing.
+    SLACK = 64 * 1024
+
+    def __init__(self, request: Any = None) -> None:
+        super().__init__(request)
+        self.limit = upload_limit_bytes()
+        self.exceeded = False
+
+    def handle_raw_input(
+        self,
+        input_data: Any,
+        META: dict[str, Any],
+        content_length: int,
+        boundary: Any,
+        encoding: str | None = None,
+    ) -> None:
+        if content_length > self.limit + self.SLACK:
+            self.exceeded = True
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if self.exceeded or start + len(raw_data) > self.limit:
+            self.exceeded = True
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler makes the file
 
 
 class UploadForm(forms.Form):

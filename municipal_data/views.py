@@ -16,11 +16,11 @@ the pipeline or a service, render.
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -35,10 +35,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from municipal_data import selectors
-from municipal_data.forms import ConfirmForm, ReviewDecisionForm, UploadForm, upload_limit_bytes
+from municipal_data.forms import ConfirmForm, ReviewDecisionForm, UploadForm, UploadLimit
 from municipal_data.models import MatchReview
 from municipal_data.services import review_decide
 from phr import pipeline
@@ -47,8 +48,6 @@ from phr.models import Batch, Organization, Role
 from phr.terminology import Category
 from sharing.access import Purpose, audit_reveal
 from sharing.selectors import in_language
-
-logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 
@@ -136,35 +135,35 @@ def _render_upload(
     return render(request, "municipal_data/upload.html", context, status=status)
 
 
-def _too_large(request: HttpRequest) -> bool:
-    # Checked before Django reads the body, so an oversized upload is
-    # refused without being written to a temporary file first. A little
-    # room is left for the form's other fields and the multipart framing.
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return False
-    return length > upload_limit_bytes() + 64 * 1024
-
-
+@csrf_exempt  # checked by upload_form, once the size limit is in place
 @login_required
 @require_http_methods(["GET", "POST"])
 @municipal_staff
 def upload(request: HttpRequest) -> HttpResponse:
     """Choose the kind of file and its encoding, send it: it is stored with
-    its checksum and validated in the background; the batch page follows."""
+    its checksum and validated in the background; the batch page follows.
+
+    The size limit is an upload handler, which must be in place before
+    anything reads the body — the CSRF check included, so that check runs
+    in upload_form (Django's documented pattern)."""
+    limit = UploadLimit(request)
+    request.upload_handlers.insert(0, limit)
+    return upload_form(request, limit)
+
+
+@csrf_protect
+def upload_form(request: HttpRequest, limit: UploadLimit) -> HttpResponse:
     if request.method == "GET":
         municipality = selectors.chosen_municipality(request.user, request.GET.get("municipality"))
         form = UploadForm(initial={"municipality": municipality.pk})
         return _render_upload(request, municipality, form)
-    if _too_large(request):
-        municipality = selectors.chosen_municipality(request.user, request.GET.get("municipality"))
+    municipality = selectors.chosen_municipality(request.user, request.POST.get("municipality"))
+    if limit.exceeded:
         form = UploadForm(initial={"municipality": municipality.pk})
         refused = _("The file is larger than %(size)s MB. Split it into smaller files.") % {
-            "size": upload_limit_bytes() // (1024 * 1024)
+            "size": settings.MUNICIPAL_UPLOAD_MAX_MB
         }
         return _render_upload(request, municipality, form, refused=refused, status=413)
-    municipality = selectors.chosen_municipality(request.user, request.POST.get("municipality"))
     form = UploadForm(request.POST, request.FILES)
     if not form.is_valid():
         return _render_upload(request, municipality, form)

@@ -365,6 +365,30 @@ def test_it_refuses_a_file_over_the_limit(
     assert not Batch.objects.exists()
 
 
+def test_every_form_needs_its_csrf_token(
+    municipality: Any, municipal_officer: Any, django_capture_on_commit_callbacks: Capture
+) -> None:
+    # The upload view checks the token itself (after its size limit is in
+    # place): a cross-site form is refused like everywhere else.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(municipal_officer)
+    data = checkup_csv([checkup_line(municipality.code, "1001")])
+    response = client.post(
+        reverse("municipal:upload"),
+        {"municipality": municipality.pk, "format": "infant_checkup", "file": SimpleUploadedFile(
+            "a.csv", data)},
+    )  # fmt: skip
+    assert response.status_code == 403
+    assert not Batch.objects.exists()
+    upload(client_for(municipal_officer), django_capture_on_commit_callbacks, municipality, data)
+    batch = latest_batch()
+    for name in ("batch_confirm", "batch_cancel"):
+        response = client.post(reverse(f"municipal:{name}", args=[batch.pk]))
+        assert response.status_code == 403
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.VALIDATED
+
+
 def test_the_progress_fragment_polls_while_a_job_runs_and_reloads_the_page_after(
     municipality: Any, municipal_officer: Any, django_capture_on_commit_callbacks: Capture
 ) -> None:
