@@ -619,6 +619,9 @@ def link_code_redeem(
         raise ValueError(f"role must be one of {ROLES}")
     if role == ROLE_MOTHER:
         relationship = Guardianship.Relationship.MOTHER
+    elif relationship not in (Guardianship.Relationship.FATHER, Guardianship.Relationship.OTHER):
+        # Only the mother's role makes a guardian "mother".
+        raise ValueError("another guardian is the father or an other guardian")
     normalised = code_normalise(code)
     digest = code_hash(normalised)
     try:

@@ -446,6 +446,21 @@ def test_a_father_gets_the_children_and_never_the_mothers_records(
     assert {r.patient_id for r in rows} == {family.first.pk, family.second.pk}
 
 
+def test_another_guardian_is_never_recorded_as_the_mother(
+    family: Family, officer: User, father: User
+) -> None:
+    _link, code = issue(family, officer)
+    with pytest.raises(ValueError, match="another guardian"):
+        linking.link_code_redeem(
+            user=father,
+            code=code,
+            child_birth_date=FIRST_BORN,
+            role=linking.ROLE_GUARDIAN,
+            relationship=Guardianship.Relationship.MOTHER,
+        )
+    assert not Guardianship.objects.filter(guardian=father).exists()
+
+
 def test_another_guardian_cannot_use_a_pregnancy_code(
     town: Organization, officer: User, father: User
 ) -> None:
