@@ -1,9 +1,10 @@
 """The FHIR R4 REST API at /fhir/: capabilities, read, vread, history,
 search, and — for families — create, update and delete.
 
-Views stay thin: authorize through sharing.access (reads start from
-`visible_records`, writes ask `decide(..., purpose="personal")`), parse,
-call the selectors in phr.fhir_search or the record store, render. Every
+Views stay thin: authorize through sharing.access (searches start from
+`visible_records`, reads by id go through `readable_record`, writes ask
+`decide(..., purpose="personal")`), parse, call the selectors in
+phr.fhir_search or the record store, render. Every
 response that reveals patient data writes one audit row per patient
 revealed (sharing.access.audit_reveal), before the response leaves.
 

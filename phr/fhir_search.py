@@ -1,11 +1,13 @@
 """Reads for the FHIR API: search parameters as ORM filters, keyset paging,
 and the row lookups behind read, vread and history.
 
-Access is never decided here: every query starts from
+Access is never decided here: every search starts from
 `sharing.access.visible_records(user)`, so withheld records are filtered
 inside the query — before counting and paging — and a search can neither
 return nor count what the user may not see (HAPI's consent interceptor
-lesson, reference/security.md A4).
+lesson, reference/security.md A4). A read by id loads its one row and asks
+`sharing.access.readable_record` about it, so missing and withheld still
+look the same.
 
 Search parameters follow FHIR R4 (https://hl7.org/fhir/R4/search.html),
 strictly: an unknown parameter, modifier or prefix is a 400, never silently
@@ -39,7 +41,7 @@ from django.db.models.lookups import GreaterThan, LessThan, LessThanOrEqual
 from phr.indexing import LOCAL_TZ, SUPPORTED_TYPES, parse_fhir_date
 from phr.models import Resource, ResourceHistory
 from phr.terminology import CATEGORY_SYSTEM
-from sharing.access import visible_records
+from sharing.access import readable_record, visible_records
 
 # Parameters that shape the result rather than filter it.
 COUNT = "_count"
@@ -560,10 +562,6 @@ def search_page(user: Any, search: Search) -> Page:
 # --------------------------------------------------------------------------
 
 
-def visible_including_deleted(user: Any, purpose: str | None = None) -> Q:
-    return visible_records(user, purpose, include_deleted=True)
-
-
 def _uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
@@ -575,13 +573,14 @@ def resource_for(
     user: Any, resource_type: str, resource_id: str, *, purpose: str | None = None
 ) -> Resource | None:
     """The current row (a tombstone included) if `user` could see it for
-    `purpose`; None when it is missing or withheld — on purpose the same."""
+    `purpose`; None when it is missing or withheld — on purpose the same.
+    The row is loaded by id and type, then decided against the user's
+    grants in Python (sharing.access.readable_record)."""
     rid = _uuid(resource_id)
     if rid is None or resource_type not in SUPPORTED_TYPES:
         return None
-    return Resource.objects.filter(
-        visible_including_deleted(user, purpose), id=rid, resource_type=resource_type
-    ).first()
+    rows = Resource.objects.filter(id=rid, resource_type=resource_type)
+    return readable_record(user, rows, purpose=purpose)
 
 
 def version_of(row: Resource, version_id: str) -> ResourceHistory | None:

@@ -3,7 +3,10 @@
 Every read of patient data — pages, the FHIR API, exports, admin actions,
 tasks acting for a user — asks this module:
 
-- `visible_records(user, purpose=None)` → a Q filter for phr.Resource;
+- `visible_records(user, purpose=None)` → a Q filter for phr.Resource
+  (lists and searches filter in SQL);
+- `readable_record(user, rows, purpose=None)` → the one row of a read by
+  id, or None (loaded once, decided in Python by the same grants);
 - `decide(user, patient, category=…, purpose=…)` → a Decision (yes/no, the
   rule, a reason a person can read);
 - `access_patient(user, patient_id, …)` → the Patient or Http404, audited;
@@ -29,15 +32,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from django.db.models import Q
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db import connection
+from django.db.models import BigIntegerField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.http import Http404
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from phr.audit import AuditEntry, audit_write_many
-from phr.models import Guardianship, Patient, Residency, Resource, Role
-from phr.roles import active_memberships, has_mfa, is_staff_user, organizations_for
+from phr.models import Patient, Residency, Resource, Role
+from phr.roles import active_memberships, is_staff_user
 from phr.terminology import Category, Sensitivity
 
 __all__ = [
@@ -115,6 +123,8 @@ BLOOD_TYPE_TOKENS = ["http://loinc.org|882-1", "http://loinc.org|883-9", "http:/
 
 
 def emergency_scope() -> Q:
+    """The emergency dataset as a filter (its twin for one loaded row:
+    in_emergency_scope)."""
     return (
         Q(category__in=EMERGENCY_CATEGORIES)
         | Q(resource_type__in=("Patient", "Flag"))
@@ -122,32 +132,65 @@ def emergency_scope() -> Q:
     )
 
 
+def in_emergency_scope(row: Resource) -> bool:
+    """emergency_scope() for one loaded row."""
+    return (
+        row.category in EMERGENCY_CATEGORIES
+        or row.resource_type in ("Patient", "Flag")
+        or not set(BLOOD_TYPE_TOKENS).isdisjoint(row.tokens)
+    )
+
+
 @dataclass
 class _Grant:
-    """One rule's reach: patients (by compartment) and/or submitting
-    organizations, limited to some categories and scope, minus excluded
-    sensitivities and DV-blocked patients."""
+    """One rule's reach: patients (by compartment: named ones, and the
+    current residents of a municipality) and/or submitting organizations,
+    limited to some categories and scope, minus excluded sensitivities and
+    DV-blocked patients.
+
+    A grant is asked in two forms that say the same thing: `q()` filters
+    lists in SQL, `admits()` decides one loaded row in Python (a read by
+    id). tests/sharing/test_access_read_by_id.py checks they agree."""
 
     rule: str
     purpose: str
     role: str
     organization_id: int | None = None
-    patient_ids: list[uuid.UUID] = field(default_factory=list)
+    # Patients by id as text (str(uuid), as uuid::text writes it): a clinic
+    # holding hundreds of consents gets them from the facts statement
+    # without building a UUID object for each on every request.
+    patient_ids: list[str] = field(default_factory=list)
+    # municipal: the current residents of this municipality (a subquery in
+    # SQL, asked patient by patient in Python — never listed in full)
+    residents_of: int | None = None
     submitter_org_ids: list[int] = field(default_factory=list)
     everything: bool = False
     exclude_sensitivity: tuple[str, ...] = ()
     # None: every category; else only these (the patient resource itself is
     # always visible to a grant that reaches the patient).
     categories: tuple[str, ...] | None = None
-    scope: Q | None = None
+    # emergency grants: the emergency dataset only (emergency_scope)
+    summary_only: bool = False
     blocked: tuple[uuid.UUID, ...] = ()
-    # consent grants: which consent (and its end) covers each patient
-    consent_by_patient: dict[uuid.UUID, tuple[uuid.UUID, Any]] = field(default_factory=dict)
+    # consent grants: which consent (its id as text, and its end) covers
+    # each patient (as text)
+    consent_by_patient: dict[str, tuple[str, Any]] = field(default_factory=dict)
     break_glass_id: int | None = None
     ends_at: Any = None
     # Emergency grants do not list patients: they serve one found patient's
     # emergency summary (purpose="emergency" asked explicitly).
     listable: bool = True
+    # residents_of: what was asked already in this request
+    _resident: dict[uuid.UUID, bool] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def patient_set(self) -> frozenset[str]:
+        """patient_ids as a set (read once the grant is built)."""
+        return frozenset(self.patient_ids)
+
+    def names(self, patient_id: uuid.UUID) -> bool:
+        """Is this patient one of patient_ids?"""
+        return str(patient_id) in self.patient_set
 
     def q(self) -> Q:
         if self.everything:
@@ -157,17 +200,59 @@ class _Grant:
             reach = Q(pk__in=[])
             if self.patient_ids:
                 reach |= Q(compartments__overlap=self.patient_ids)
+            if self.residents_of is not None:
+                residents = Residency.objects.current().filter(municipality_id=self.residents_of)
+                reach |= Q(compartments__overlap=ArraySubquery(residents.values("patient_id")))
             if self.submitter_org_ids:
                 reach |= Q(provenance__agent_org_id__in=self.submitter_org_ids)
         if self.categories is not None:
             reach &= Q(category__in=self.categories) | Q(resource_type="Patient")
-        if self.scope is not None:
-            reach &= self.scope
+        if self.summary_only:
+            reach &= emergency_scope()
         if self.exclude_sensitivity:
             reach &= ~Q(sensitivity__in=self.exclude_sensitivity)
         if self.blocked:
             reach &= ~Q(compartments__overlap=list(self.blocked))
         return reach
+
+    def admits(self, row: Resource, submitter_org_id: int | None) -> bool:
+        """q() for one loaded row, whose provenance names `submitter_org_id`."""
+        if self.categories is not None and not (
+            row.category in self.categories or row.resource_type == "Patient"
+        ):
+            return False
+        if self.summary_only and not in_emergency_scope(row):
+            return False
+        if row.sensitivity in self.exclude_sensitivity:
+            return False
+        if self.blocked and not self.blocked_set.isdisjoint(row.compartments):
+            return False
+        return (
+            self.everything
+            or any(self.names(p) for p in row.compartments)
+            or submitter_org_id in self.submitter_org_ids
+            or self.residents_among(row.compartments)
+        )
+
+    @cached_property
+    def blocked_set(self) -> frozenset[uuid.UUID]:
+        return frozenset(self.blocked)
+
+    def residents_among(self, patient_ids: list[uuid.UUID]) -> bool:
+        """Is one of these patients a current resident of `residents_of`?
+        (One query for the patients not asked about yet in this request.)"""
+        if self.residents_of is None:
+            return False
+        unknown = [p for p in patient_ids if p not in self._resident]
+        if unknown:
+            found = set(
+                Residency.objects.current()
+                .filter(municipality_id=self.residents_of, patient_id__in=unknown)
+                .values_list("patient_id", flat=True)
+            )
+            for patient_id in unknown:
+                self._resident[patient_id] = patient_id in found
+        return any(self._resident[p] for p in patient_ids)
 
     def allows(self, category: str | None, sensitivity: str) -> bool:
         if sensitivity in self.exclude_sensitivity:
@@ -175,53 +260,151 @@ class _Grant:
         return category is None or self.categories is None or category in self.categories
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the rules need to know about one user, read in one statement
+    (_FACTS_SQL): the patients DV-blocked for them, their own patient, the
+    children in their active guardianships, whether they have a TOTP
+    authenticator, their active memberships (organization, role) and the
+    consents in force naming them or one of those organizations. Patients
+    other than the blocked ones, and consent ids, are kept as text (see
+    _Grant.patient_ids)."""
+
+    blocked: tuple[uuid.UUID, ...] = ()
+    own: str | None = None
+    children: tuple[str, ...] = ()
+    mfa: bool = False
+    memberships: tuple[tuple[int, str], ...] = ()
+    # (id, patient, grantee organization or None, purpose, categories, ends_at)
+    consents: tuple[tuple[str, str, int | None, str, list[str], Any], ...] = ()
+
+
+# The six facts in one round trip; each branch is the query the ORM would
+# run (the querysets named in the comments), tagged with what it is. The
+# dates are passed in, as the querysets compute them (timezone.localdate()
+# and timezone.now()). Columns: kind, patient, organization, role or
+# purpose, categories, consent, ends_at.
+_FACTS_SQL = """
+WITH membership AS (  -- Membership.objects.active().filter(user=user)
+    SELECT id, organization_id, role FROM phr_membership
+    WHERE user_id = %(user)s AND valid_from <= %(today)s
+      AND (valid_to IS NULL OR valid_to >= %(today)s)
+)
+SELECT 'blocked', patient_id::text, NULL::bigint, NULL::text, NULL::varchar[], NULL::text,
+       NULL::timestamptz
+FROM sharing_dvblock  -- DvBlock.objects.active().filter(blocked_user=user)
+WHERE blocked_user_id = %(user)s AND lifted_at IS NULL
+UNION ALL
+(SELECT 'own', id::text, NULL, NULL, NULL, NULL, NULL
+ FROM phr_patient WHERE account_id = %(user)s ORDER BY id LIMIT 1)
+UNION ALL
+(SELECT 'child', child_id::text, NULL, NULL, NULL, NULL, NULL
+ FROM phr_guardianship  -- Guardianship.objects.active().filter(guardian=user)
+ WHERE guardian_id = %(user)s AND valid_from <= %(today)s
+   AND (valid_to IS NULL OR valid_to >= %(today)s)
+ ORDER BY id)
+UNION ALL
+SELECT 'mfa', NULL, NULL, NULL, NULL, NULL, NULL
+WHERE EXISTS (SELECT FROM mfa_authenticator WHERE user_id = %(user)s AND type = %(totp)s)
+UNION ALL
+(SELECT 'membership', NULL, organization_id, role, NULL, NULL, NULL
+ FROM membership ORDER BY id)
+UNION ALL
+(SELECT 'consent', patient_id::text, grantee_org_id, purpose, categories, id::text, ends_at
+ FROM (  -- Consent.objects.active(), to the user or one of their organizations
+     SELECT * FROM sharing_consent WHERE grantee_user_id = %(user)s
+     UNION ALL  -- (one grantee each: the two halves never share a row)
+     SELECT * FROM sharing_consent
+     WHERE grantee_org_id IN (SELECT organization_id FROM membership)
+ ) AS consent
+ WHERE starts_at <= %(now)s AND (ends_at IS NULL OR ends_at > %(now)s)
+   AND revoked_at IS NULL
+ ORDER BY created_at, id)
+"""
+
+
+def _facts(user: Any) -> _Facts:
+    """The user's facts, read once per request (cached on the user object)."""
+    cached: _Facts | None = getattr(user, "_hagukumi_facts", None)
+    if cached is not None:
+        return cached
+    from allauth.mfa.models import Authenticator
+
+    params = {
+        "user": user.pk,
+        "today": timezone.localdate(),
+        "now": timezone.now(),
+        "totp": Authenticator.Type.TOTP.value,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_FACTS_SQL, params)
+        rows = cursor.fetchall()
+    blocked, children, memberships, consents = [], [], [], []
+    own, mfa = None, False
+    for kind, patient, org, word, categories, consent, ends_at in rows:
+        if kind == "consent":
+            consents.append((consent, patient, org, word, categories, ends_at))
+        elif kind == "blocked":
+            blocked.append(uuid.UUID(patient))
+        elif kind == "own":
+            own = patient
+        elif kind == "child":
+            children.append(patient)
+        elif kind == "mfa":
+            mfa = True
+        elif kind == "membership":
+            memberships.append((org, word))
+    facts = _Facts(
+        blocked=tuple(blocked),
+        own=own,
+        children=tuple(children),
+        mfa=mfa,
+        memberships=tuple(memberships),
+        consents=tuple(consents),
+    )
+    user._hagukumi_facts = facts
+    return facts
+
+
 def blocked_patients(user: Any) -> tuple[uuid.UUID, ...]:
     """Patients this user must learn nothing of (DV等支援措置)."""
-    from sharing.models import DvBlock
-
     if not getattr(user, "is_authenticated", False):
         return ()
-    cached = getattr(user, "_hagukumi_blocked", None)
-    if cached is None:
-        cached = tuple(
-            DvBlock.objects.active().filter(blocked_user=user).values_list("patient_id", flat=True)
-        )
-        user._hagukumi_blocked = cached
-    return cached
+    return _facts(user).blocked
 
 
-def _consent_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
-    from sharing.models import Consent, ConsentPurpose
+def _consent_grants(facts: _Facts) -> list[_Grant]:
+    from sharing.models import ConsentPurpose
 
-    grants: list[_Grant] = []
     merged: dict[tuple[Any, ...], _Grant] = {}
-    orgs = {m.organization_id: m for m in active_memberships(user)} if has_mfa(user) else {}
-    consents = Consent.objects.active().filter(
-        Q(grantee_user=user) | Q(grantee_org_id__in=list(orgs))
-    )
-    for consent in consents:
-        if consent.patient_id in blocked:
+    # Staff without MFA get nothing through their organizations.
+    roles = dict(facts.memberships) if facts.mfa else {}
+    blocked = {str(p) for p in facts.blocked}
+    # The role an organization's consent needs, by purpose: research
+    # consents give no identified access.
+    expected = {
+        ConsentPurpose.CARE: Role.CLINIC_STAFF,
+        ConsentPurpose.EMERGENCY: Role.EMERGENCY_RESPONDER,
+    }
+    for consent_id, patient_id, org_id, purpose, categories, ends_at in facts.consents:
+        if patient_id in blocked:
             continue
-        if consent.grantee_user_id == user.pk:
-            if consent.purpose != ConsentPurpose.CARE:
+        if org_id is None:  # to the user in person (the statement asked for no other)
+            if purpose != ConsentPurpose.CARE:
                 continue  # a person is only ever a care grantee
-            rule, role, org_id = "consent_person", "person", None
+            rule, role = "consent_person", "person"
         else:
-            membership = orgs[consent.grantee_org_id]
-            rule, role, org_id = "consent", membership.role, consent.grantee_org_id
-            expected = {
-                ConsentPurpose.CARE: Role.CLINIC_STAFF,
-                ConsentPurpose.EMERGENCY: Role.EMERGENCY_RESPONDER,
-            }.get(ConsentPurpose(consent.purpose))
-            if expected is None or membership.role != expected:
-                continue  # research consents give no identified access
-        emergency = consent.purpose == ConsentPurpose.EMERGENCY
-        categories = tuple(sorted(consent.categories))
+            role = roles.get(org_id)
+            if role is None or expected.get(purpose) != role:
+                continue
+            rule = "consent"
+        emergency = purpose == ConsentPurpose.EMERGENCY
+        cats = tuple(sorted(categories))
         # Consents alike but for their patient become one grant (one
         # compartment-overlap branch with an array of patients), so a
         # clinic holding hundreds of consents does not make a query with
         # hundreds of branches.
-        key = (rule, role, org_id, categories, emergency)
+        key = (rule, role, org_id, cats, emergency)
         grant = merged.get(key)
         if grant is None:
             grant = merged[key] = _Grant(
@@ -229,24 +412,24 @@ def _consent_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
                 Purpose.EMERGENCY if emergency else Purpose.CARE,
                 role,
                 organization_id=org_id,
-                categories=categories,
-                scope=emergency_scope() if emergency else None,
+                categories=cats,
+                summary_only=emergency,
                 listable=not emergency,
             )
-        if consent.patient_id not in grant.consent_by_patient:
-            grant.patient_ids.append(consent.patient_id)
-            grant.consent_by_patient[consent.patient_id] = (consent.pk, consent.ends_at)
-    grants.extend(merged.values())
-    return grants
+        if patient_id not in grant.consent_by_patient:
+            grant.patient_ids.append(patient_id)
+            grant.consent_by_patient[patient_id] = (consent_id, ends_at)
+    return list(merged.values())
 
 
-def _emergency_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]:
+def _emergency_grants(user: Any, facts: _Facts) -> list[_Grant]:
     from sharing.models import BreakGlass, EmergencyPreference
 
-    grants = []
-    responder_orgs = organizations_for(user, Role.EMERGENCY_RESPONDER)
+    grants: list[_Grant] = []
+    responder_orgs = [org for org, role in facts.memberships if role == Role.EMERGENCY_RESPONDER]
     if not responder_orgs:
         return grants
+    blocked = set(facts.blocked)
     for window in BreakGlass.objects.open().filter(responder=user):
         if window.patient_id in blocked:
             continue
@@ -256,8 +439,8 @@ def _emergency_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]
                 Purpose.EMERGENCY,
                 Role.EMERGENCY_RESPONDER,
                 organization_id=window.organization_id,
-                patient_ids=[window.patient_id],
-                scope=emergency_scope(),
+                patient_ids=[str(window.patient_id)],
+                summary_only=True,
                 break_glass_id=window.pk,
                 ends_at=window.ends_at,
                 listable=False,
@@ -272,9 +455,9 @@ def _emergency_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]
                 "emergency_preference",
                 Purpose.EMERGENCY,
                 Role.EMERGENCY_RESPONDER,
-                organization_id=responder_orgs[0].pk,
-                patient_ids=[p for p in opted_in if p not in blocked],
-                scope=emergency_scope(),
+                organization_id=responder_orgs[0],
+                patient_ids=[str(p) for p in opted_in if p not in blocked],
+                summary_only=True,
                 listable=False,
             )
         )
@@ -283,28 +466,28 @@ def _emergency_grants(user: Any, blocked: tuple[uuid.UUID, ...]) -> list[_Grant]
 
 def _grants(user: Any) -> list[_Grant]:
     """Every rule that gives this user some reach, computed once per request
-    (cached on the user object)."""
+    (cached on the user object) from the user's facts (one query), plus,
+    for emergency responders, their break-glass windows and the families
+    who opted in."""
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return []
     cached: list[_Grant] | None = getattr(user, "_hagukumi_grants", None)
     if cached is not None:
         return cached
-    blocked = blocked_patients(user)
+    facts = _facts(user)
+    blocked = {str(p) for p in facts.blocked}
     grants: list[_Grant] = []
-    own = Patient.objects.filter(account=user).values_list("id", flat=True).first()
-    if own is not None:
-        grants.append(_Grant("self", Purpose.PERSONAL, "patient", patient_ids=[own]))
-    children = [
-        child
-        for child in Guardianship.objects.active()
-        .filter(guardian=user)
-        .values_list("child_id", flat=True)
-        if child not in blocked
-    ]
+    if facts.own is not None:
+        grants.append(_Grant("self", Purpose.PERSONAL, "patient", patient_ids=[facts.own]))
+    children = [child for child in facts.children if child not in blocked]
     if children:
         grants.append(_Grant("guardian", Purpose.PERSONAL, "guardian", patient_ids=children))
-    grants += _consent_grants(user, blocked)
-    if is_staff_user(user) and has_mfa(user):
+    grants += _consent_grants(facts)
+    # Staff — platform admins and members of an organization — hold staff
+    # grants only with MFA (phr.roles.is_staff_user and has_mfa, from the
+    # same facts: without an admin flag or a membership there is no staff
+    # grant to give).
+    if facts.mfa:
         if user.is_platform_admin:
             grants.append(
                 _Grant(
@@ -312,30 +495,24 @@ def _grants(user: Any) -> list[_Grant]:
                     Purpose.OPERATIONS,
                     "admin",
                     everything=True,
-                    blocked=blocked,
+                    blocked=facts.blocked,
                 )
             )
-        for membership in active_memberships(user):
-            org_id = membership.organization_id
-            if membership.role == Role.MUNICIPAL_STAFF:
-                residents = list(
-                    Residency.objects.current()
-                    .filter(municipality_id=org_id)
-                    .values_list("patient_id", flat=True)
-                )
+        for org_id, role in facts.memberships:
+            if role == Role.MUNICIPAL_STAFF:
                 grants.append(
                     _Grant(
                         "municipal",
                         Purpose.PUBLIC_HEALTH,
                         Role.MUNICIPAL_STAFF,
                         organization_id=org_id,
-                        patient_ids=[p for p in residents if p not in blocked],
+                        residents_of=org_id,
                         submitter_org_ids=[org_id],
                         exclude_sensitivity=(Sensitivity.CLINIC_ONLY,),
-                        blocked=blocked,
+                        blocked=facts.blocked,
                     )
                 )
-            elif membership.role == Role.CLINIC_STAFF:
+            elif role == Role.CLINIC_STAFF:
                 grants.append(
                     _Grant(
                         "clinic_submitted",
@@ -343,19 +520,29 @@ def _grants(user: Any) -> list[_Grant]:
                         Role.CLINIC_STAFF,
                         organization_id=org_id,
                         submitter_org_ids=[org_id],
-                        blocked=blocked,
+                        blocked=facts.blocked,
                     )
                 )
-        grants += _emergency_grants(user, blocked)
+        grants += _emergency_grants(user, facts)
     user._hagukumi_grants = grants
     return grants
 
 
 def forget_grants(user: Any) -> None:
     """Drop the per-request cache (after a grant, revoke or block changes)."""
-    for attribute in ("_hagukumi_grants", "_hagukumi_blocked"):
+    for attribute in ("_hagukumi_grants", "_hagukumi_facts"):
         if hasattr(user, attribute):
             delattr(user, attribute)
+
+
+def _for_purpose(user: Any, purpose: str | None) -> list[_Grant]:
+    """The grants that answer for `purpose`; for None, every listable one
+    (emergency grants apply only when purpose="emergency" is asked)."""
+    return [
+        grant
+        for grant in _grants(user)
+        if (grant.listable if purpose is None else grant.purpose == purpose)
+    ]
 
 
 def visible_records(
@@ -367,18 +554,51 @@ def visible_records(
     who could see the record, 404 to everyone else). Emergency grants only
     apply when purpose="emergency" is asked for explicitly."""
     q = Q(pk__in=[])
-    for grant in _grants(user):
-        if purpose is None and not grant.listable:
-            continue
-        if purpose is None or grant.purpose == purpose:
-            q |= grant.q()
+    for grant in _for_purpose(user, purpose):
+        q |= grant.q()
     return q if include_deleted else q & Q(deleted=False)
+
+
+# The organization that submitted a row (its provenance's agent), as a
+# scalar subquery on the row being read: constant SQL, no input in it.
+_SUBMITTER = RawSQL(
+    "SELECT agent_org_id FROM phr_provenance WHERE id = phr_resource.provenance_id",
+    (),
+    output_field=BigIntegerField(),
+)
+
+
+def readable_record(
+    user: Any, rows: QuerySet[Resource], *, purpose: str | None = None
+) -> Resource | None:
+    """The first of `rows` (a filter by id) if `user` may read it for
+    `purpose` — a tombstone included, as visible_records(include_deleted=
+    True) would let it through — else None: missing and withheld alike.
+
+    A read by id loads the row once and decides it in Python against the
+    grants already computed (_Grant.admits, the twin of the SQL filter), so
+    it does not carry every grant into its WHERE clause."""
+    grants = _for_purpose(user, purpose)
+    if not grants:
+        return None
+    if any(grant.submitter_org_ids for grant in grants):
+        # In the same statement (a scalar subquery builds faster than a join).
+        rows = rows.annotate(submitter_org_id=_SUBMITTER)
+    row = rows.first()
+    if row is None:
+        return None
+    submitter = getattr(row, "submitter_org_id", None)
+    if any(grant.admits(row, submitter) for grant in grants):
+        return row
+    return None
 
 
 def _grant_reaches(grant: _Grant, patient_id: uuid.UUID, category: str | None = None) -> bool:
     if patient_id in grant.blocked:
         return False
-    if grant.everything or patient_id in grant.patient_ids:
+    if grant.everything or grant.names(patient_id):
+        return True
+    if grant.residents_among([patient_id]):
         return True
     if grant.submitter_org_ids:
         # Records this organization submitted about the patient (of the
@@ -395,8 +615,8 @@ def _grant_reaches(grant: _Grant, patient_id: uuid.UUID, category: str | None = 
 
 
 def _decision(grant: _Grant, patient_id: uuid.UUID | None = None) -> Decision:
-    covering = grant.consent_by_patient.get(patient_id) if patient_id is not None else None
-    consent_id, until = covering if covering is not None else (None, grant.ends_at)
+    covering = grant.consent_by_patient.get(str(patient_id)) if patient_id is not None else None
+    consent_id, until = (uuid.UUID(covering[0]), covering[1]) if covering else (None, grant.ends_at)
     return Decision(
         True,
         grant.rule,
@@ -409,6 +629,14 @@ def _decision(grant: _Grant, patient_id: uuid.UUID | None = None) -> Decision:
         categories=grant.categories,
         until=until,
     )
+
+
+def _staff_without_mfa(user: Any) -> bool:
+    """phr.roles.is_staff_user(user) and not has_mfa(user), with the MFA
+    fact already read for the grants."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return not _facts(user).mfa and is_staff_user(user)
 
 
 def decide(
@@ -426,16 +654,12 @@ def decide(
         return DV_BLOCKED
     # Staff without MFA hold no staff grant (see _grants); what they hold as
     # a parent or a named person still applies.
-    for grant in _grants(user):
-        if purpose is None and not grant.listable:
-            continue
-        if purpose is not None and grant.purpose != purpose:
-            continue
+    for grant in _for_purpose(user, purpose):
         if not grant.allows(category, sensitivity):
             continue
         if _grant_reaches(grant, patient_id, category):
             return _decision(grant, patient_id)
-    if is_staff_user(user) and not has_mfa(user):
+    if _staff_without_mfa(user):
         return NO_MFA
     return DENY
 
@@ -456,7 +680,7 @@ def explain(user: Any, patient: Patient | uuid.UUID, *, category: str | None = N
     ]
     if granting:
         return Explanation(granting[0], granting)
-    if is_staff_user(user) and not has_mfa(user):
+    if _staff_without_mfa(user):
         return Explanation(NO_MFA, [])
     orgs = [m.organization_id for m in active_memberships(user)]
     lapsed = (
@@ -594,4 +818,3 @@ def audit_denied(user: Any, patient_id: uuid.UUID | None, *, action: str, rule: 
             )
         ]
     )
-
