@@ -569,7 +569,9 @@ def card_open(request: HttpRequest, token: str) -> HttpResponse:
         "emergency/summary.html",
         {"page": emergency.summary_page(facts), "via_card": True},
     )
-    # The token is in the URL: never send it on as a referrer.
-    response["Referrer-Policy"] = "no-referrer"
+    # The token is in the URL: never send it to another site as a referrer.
+    # ("no-referrer" would also make browsers send "Origin: null" on this
+    # page's own forms — language switch, logout — which CSRF refuses.)
+    response["Referrer-Policy"] = "same-origin"
     response["X-Robots-Tag"] = "noindex, nofollow"
     return response

@@ -816,7 +816,7 @@ def test_it_opens_the_summary_with_a_card_and_audits_each_opening(
         response = anonymous.get(link)
         assert response.status_code == 200
         assert "はる" in response.content.decode()
-        assert response["Referrer-Policy"] == "no-referrer"
+        assert response["Referrer-Policy"] == "same-origin"
     rows = AuditEvent.objects.filter(action="emergency.card_open", outcome="success")
     assert rows.count() == 2
     assert {(r.actor_id, r.actor_role, r.patient_id) for r in rows} == {(None, "card", child.pk)}
