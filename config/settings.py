@@ -296,6 +296,21 @@ LINK_CODE_DAYS = env_int("LINK_CODE_DAYS", 90, minimum=1)
 # on the audit table). Migrations grant it; see docs/decisions/audit.md.
 APP_DB_ROLE = env_str("APP_DB_ROLE", "hagukumi_app") or "hagukumi_app"
 
+# Feed pulls (phr/feeds.py, docs/formats/feeds.md). A page must start to
+# answer within the timeout (connect and each read) and arrive whole within
+# ten times it; larger pages are refused. Plain http only to listed hosts.
+FEED_TIMEOUT_SECONDS = env_int("FEED_TIMEOUT_SECONDS", 30, minimum=1)
+FEED_MAX_PAGE_MB = env_int("FEED_MAX_PAGE_MB", 50, minimum=1)
+FEED_ALLOW_HTTP_HOSTS = env_list("FEED_ALLOW_HTTP_HOSTS", [])
+# Failed runs in a row before the organization's staff get one alert mail.
+FEED_ALERT_AFTER = env_int("FEED_ALERT_AFTER", 3, minimum=1)
+# Seconds before each retry of a failed run (1, 5 and 25 minutes).
+FEED_RETRY_SECONDS = env_list("FEED_RETRY_SECONDS", ["60", "300", "1500"])
+if not all(s.isdigit() for s in FEED_RETRY_SECONDS):
+    raise ImproperlyConfigured(
+        f"FEED_RETRY_SECONDS must be whole seconds, comma-separated, not {FEED_RETRY_SECONDS!r}"
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -11,4 +11,4 @@ class PhrConfig(AppConfig):
 
     def ready(self) -> None:
         # Job handlers register themselves on import.
-        from phr import ingest, pipeline  # noqa: F401
+        from phr import feeds, ingest, pipeline  # noqa: F401

@@ -25,3 +25,12 @@ def audit_seal() -> bool:
 @shared_task
 def audit_maintain_partitions() -> int:
     return len(audit.audit_maintain_partitions())
+
+
+@shared_task
+def feed_pull(source_id: int, retry_of: int | None = None, attempt: int = 0) -> bool:
+    """Beat's schedule (and a failed run's retry) asks for a pull: queue the
+    job unless one is queued or running. The job does the work."""
+    from phr.feeds import feed_pull_start
+
+    return feed_pull_start(source_id=source_id, retry_of=retry_of, attempt=attempt) is not None
