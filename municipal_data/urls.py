@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from municipal_data import link_views, views
+from municipal_data import feed_views, link_views, views
 
 app_name = "municipal"
 
@@ -24,6 +24,12 @@ urlpatterns = [
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch_cancel"),
     path("reviews/", views.reviews, name="reviews"),
     path("reviews/<int:review_id>/decide/", views.review_decision, name="review_decide"),
+    # Feed sources and their runs (municipal_data/feed_views.py)
+    path("feeds/", feed_views.feed_list, name="feed_list"),
+    path("feeds/new/", feed_views.feed_new, name="feed_new"),
+    path("feeds/<int:source_id>/", feed_views.feed_detail, name="feed_detail"),
+    path("feeds/<int:source_id>/edit/", feed_views.feed_edit, name="feed_edit"),
+    path("feeds/<int:source_id>/run/", feed_views.feed_run, name="feed_run"),
     # Family link codes (municipal_data/link_views.py)
     path("link-codes/", link_views.link_codes, name="link_codes"),
     path("link-codes/issue/", link_views.link_code_issue, name="link_code_issue"),

@@ -483,6 +483,27 @@ EXPECTATIONS: dict[str, Rule] = {
     "municipal/reviews/<int:review_id>/decide/": municipal(  # no decision: back to the queue
         lambda w: f"municipal/reviews/{w.ids['match_review']}/decide/", POST=302
     ),
+    # --- Feeds (municipal_data/feed_views.py): the town's staff with MFA;
+    # another town's feed is a 404; empty POSTs answer with the form's errors.
+    "municipal/feeds/": listing(
+        lambda w, p: set(),
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=405),
+    ),
+    "municipal/feeds/new/": page(
+        AUTH,
+        GET=S(user=404, municipal_officer=200, other_municipal_officer=200),
+        POST=S(user=404, municipal_officer=200, other_municipal_officer=200),
+    ),
+    "municipal/feeds/<int:source_id>/": municipal(
+        lambda w: f"municipal/feeds/{w.ids['feed_source']}/", GET=200
+    ),
+    "municipal/feeds/<int:source_id>/edit/": municipal(
+        lambda w: f"municipal/feeds/{w.ids['feed_source']}/edit/", GET=200, POST=200
+    ),
+    "municipal/feeds/<int:source_id>/run/": municipal(
+        lambda w: f"municipal/feeds/{w.ids['feed_source']}/run/", POST=302
+    ),
     # --- Emergency access (sharing/emergency_urls.py) --------------------------
     "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED, summary_reach),
     "emergency/summary/<uuid:patient_id>.json": patient_page(SUMMARY_ALLOWED, summary_reach),
@@ -771,7 +792,13 @@ def build_world() -> World:
         row={"resident_number": "RN-C-4712", "given_name": "陽翔太", "birth_date": "2025-09-03"},
         differences=[{"field": "birth_date", "file": "2025-09-03", "record": "2025-09-01"}],
     )
+    # The town's feed source with a failed run (the feed pages).
+    from phr.models import FeedRun, FeedSource
 
+    feed_source = FeedSource.objects.create(
+        organization=town, name="Matrix feed", url="https://feed.example.jp/", format="vaccination"
+    )
+    FeedRun.objects.create(source=feed_source, status=FeedRun.Status.FAILED, error="HTTP 500")
 
     origin = Provenance.Origin
     records: dict[str, uuid.UUID] = {}
@@ -919,6 +946,7 @@ def build_world() -> World:
             "link_code": str(link_code.pk),
             "batch": str(batch.pk),
             "match_review": str(match_review.pk),
+            "feed_source": str(feed_source.pk),
         },
     )
 
