@@ -127,11 +127,23 @@ class Person:
         return age_text(self.birth_date)
 
 
+PREGNANCY_DAYS = 280  # from the first day of the last period to the due date
+
+
 @dataclass(frozen=True)
 class PregnancySummary:
     episode_id: uuid.UUID
     started: date | None
     due_date: date | None
+
+    def gestation_days(self, on: date) -> int | None:
+        """Gestational age on `on` in days, counted back from the due date
+        (280 − days to go); None without a due date or outside a plausible
+        pregnancy (0–45 weeks)."""
+        if self.due_date is None:
+            return None
+        days = PREGNANCY_DAYS - (self.due_date - on).days
+        return days if 0 <= days <= 45 * 7 else None
 
 
 @dataclass
@@ -150,11 +162,40 @@ class Family:
         return not self.patient_ids
 
 
-def _patient_resources(user: Any, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+def _patient_resources(
+    user: Any, ids: Iterable[uuid.UUID], purpose: str | None = None
+) -> dict[uuid.UUID, dict[str, Any]]:
     rows = Resource.objects.filter(
-        visible_records(user), resource_type="Patient", id__in=list(ids)
+        visible_records(user, purpose), resource_type="Patient", id__in=list(ids)
     ).values_list("id", "content")
     return dict(rows)
+
+
+def patient_resources(
+    *, user: Any, patient_ids: Iterable[uuid.UUID], purpose: str | None = None
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The FHIR Patient resources of these patients that `user` may see (for
+    `purpose`), by patient id; a patient whose resource is withheld is
+    absent."""
+    return _patient_resources(user, patient_ids, purpose)
+
+
+def kana_name(content: dict[str, Any] | None) -> str:
+    """ "family given" in kana: the name marked with the SYL representation
+    (JP Core JP_Patient), or "" when there is none."""
+    for name in (content or {}).get("name") or []:
+        if not isinstance(name, dict):
+            continue
+        for extension in name.get("extension") or []:
+            if isinstance(extension, dict) and extension.get("valueCode") == "SYL":
+                given = " ".join(str(g) for g in name.get("given") or [])
+                return " ".join(p for p in (str(name.get("family") or ""), given) if p)
+    return ""
+
+
+def birth_date_of(content: dict[str, Any] | None) -> date | None:
+    """A Patient resource's birthDate, when it is a full date."""
+    return _birth_date(content)
 
 
 def _date_of(value: Any) -> date | None:
@@ -175,29 +216,69 @@ def _due_date_in_extensions(content: dict[str, Any]) -> date | None:
     return None
 
 
-def pregnancy_summary(*, user: Any, patient: Patient) -> PregnancySummary | None:
+def pregnancy_summary(
+    *, user: Any, patient: Patient, purpose: str | None = None
+) -> PregnancySummary | None:
     """The patient's active pregnancy (EpisodeOfCare), with its due date when
     one is recorded: on the episode, or as an estimated delivery date
-    Observation (LOINC 11778-8, valueDateTime), the latest one."""
-    visible = Resource.objects.filter(visible_records(user), compartments__overlap=[patient.pk])
-    episode = (
-        visible.filter(resource_type="EpisodeOfCare", status="active")
-        .order_by(F("date_start").desc(nulls_last=True))
-        .first()
-    )
-    if episode is None:
-        return None
-    due = _due_date_in_extensions(episode.content)
-    if due is None:
-        edd = (
-            visible.filter(resource_type="Observation", tokens__contains=[EDD_TOKEN])
-            .order_by(F("date_start").desc(nulls_last=True), "-last_updated")
-            .first()
+    Observation (LOINC 11778-8, valueDateTime), the latest one. Only what
+    `user` may see (for `purpose`) counts."""
+    return pregnancy_summaries(user=user, patient_ids=[patient.pk], purpose=purpose).get(patient.pk)
+
+
+def pregnancy_summaries(
+    *, user: Any, patient_ids: Iterable[uuid.UUID], purpose: str | None = None
+) -> dict[uuid.UUID, PregnancySummary]:
+    """pregnancy_summary for several patients in two queries (a list page):
+    the patients with an active pregnancy `user` may see, by patient id."""
+    ids = list(dict.fromkeys(patient_ids))
+    if not ids:
+        return {}
+    visible = Resource.objects.filter(visible_records(user, purpose), compartments__overlap=ids)
+    wanted = set(ids)
+    episodes: dict[uuid.UUID, Resource] = {}
+    for row in visible.filter(resource_type="EpisodeOfCare", status="active").order_by(
+        F("date_start").desc(nulls_last=True), "id"
+    ):
+        for pid in wanted.intersection(row.compartments):
+            episodes.setdefault(pid, row)
+    if not episodes:
+        return {}
+    due_dates: dict[uuid.UUID, date] = {}
+    for pid, episode in episodes.items():
+        due = _due_date_in_extensions(episode.content)
+        if due is not None:
+            due_dates[pid] = due
+    missing = [pid for pid in episodes if pid not in due_dates]
+    if missing:
+        edd_rows = (
+            visible.filter(
+                resource_type="Observation",
+                tokens__contains=[EDD_TOKEN],
+                compartments__overlap=missing,
+            )
+            .order_by(F("date_start").desc(nulls_last=True), "-last_updated", "id")
+            .only("id", "content", "compartments")
         )
-        if edd is not None:
-            due = _date_of(edd.content.get("valueDateTime"))
-    started = timezone.localtime(episode.date_start, JAPAN).date() if episode.date_start else None
-    return PregnancySummary(episode_id=episode.id, started=started, due_date=due)
+        seen: set[uuid.UUID] = set()
+        for row in edd_rows:
+            for pid in set(missing).intersection(row.compartments) - seen:
+                # The latest estimated delivery date decides, even when it
+                # cannot be read (as a single-patient read always did).
+                seen.add(pid)
+                due = _date_of(row.content.get("valueDateTime"))
+                if due is not None:
+                    due_dates[pid] = due
+    return {
+        pid: PregnancySummary(
+            episode_id=episode.id,
+            started=(
+                timezone.localtime(episode.date_start, JAPAN).date() if episode.date_start else None
+            ),
+            due_date=due_dates.get(pid),
+        )
+        for pid, episode in episodes.items()
+    }
 
 
 def family(*, user: Any) -> Family:
@@ -416,9 +497,9 @@ def _day_key(resource: Resource) -> tuple[date | None, str]:
     return day, precision
 
 
-def timeline_queryset(*, user: Any, patient: Patient) -> Any:
+def timeline_queryset(*, user: Any, patient: Patient, purpose: str | None = None) -> Any:
     return (
-        Resource.objects.filter(visible_records(user), compartments__overlap=[patient.pk])
+        Resource.objects.filter(visible_records(user, purpose), compartments__overlap=[patient.pk])
         .exclude(resource_type="Patient")
         .select_related("provenance", "provenance__agent_org")
         # Within a day, the checkup or visit comes before what was found at
@@ -438,13 +519,20 @@ def timeline_queryset(*, user: Any, patient: Patient) -> Any:
 
 
 def timeline(
-    *, user: Any, patient: Patient, offset: int = 0, limit: int = TIMELINE_PAGE_SIZE
+    *,
+    user: Any,
+    patient: Patient,
+    offset: int = 0,
+    limit: int = TIMELINE_PAGE_SIZE,
+    purpose: str | None = None,
 ) -> TimelinePage:
-    """The records of one person that `user` may see, newest first, grouped
-    by Japanese calendar day; `limit` entries from `offset`, and the offset
-    of the next page when there is one."""
+    """The records of one person that `user` may see (for `purpose`, or any
+    listable purpose), newest first, grouped by Japanese calendar day;
+    `limit` entries from `offset`, and the offset of the next page when
+    there is one."""
     offset = max(offset, 0)
-    rows = list(timeline_queryset(user=user, patient=patient)[offset : offset + limit + 1])
+    queryset = timeline_queryset(user=user, patient=patient, purpose=purpose)
+    rows = list(queryset[offset : offset + limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
     language = get_language() or "ja"
