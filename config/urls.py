@@ -13,6 +13,7 @@ urlpatterns = [
     path("emergency/", include("sharing.emergency_urls")),
     path("sharing/", include("sharing.urls")),
     path("municipal/", include("municipal_data.urls")),
+    path("clinic/", include("clinics.urls")),
     path("link/", include("municipal_data.link_urls")),
     path("", include("phr.urls")),
 ]

@@ -28,6 +28,7 @@ def home(request: HttpRequest) -> HttpResponse:
         memberships = active_memberships(request.user)
         staff_links = {
             "with_me": any(m.role == Role.CLINIC_STAFF for m in memberships),
+            "clinic": any(m.role == Role.CLINIC_STAFF for m in memberships),
             "responder": any(m.role == Role.EMERGENCY_RESPONDER for m in memberships),
             "municipal": any(m.role == Role.MUNICIPAL_STAFF for m in memberships),
             "officer": any(

@@ -1,0 +1,24 @@
+"""The clinic portal, mounted at /clinic/ (config/urls.py).
+
+Patient and token ids are in the paths: each is looked up within what the
+user's clinic may see (clinics.selectors, clinics.tokens), so anything
+else answers 404 like a missing id. Visit entry and delivery
+(clinics/entry_views.py) add their routes here.
+"""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from clinics import views
+
+app_name = "clinics"
+
+urlpatterns = [
+    path("", views.patients, name="patients"),
+    path("patients/<uuid:patient_id>/", views.patient, name="patient"),
+    # API tokens of the clinic's own system
+    path("tokens/", views.token_list, name="tokens"),
+    path("tokens/create/", views.token_create, name="token_create"),
+    path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+]
