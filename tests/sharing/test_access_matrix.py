@@ -133,6 +133,8 @@ MFA_EXEMPT = ("accounts/", "i18n/", "fhir/", "api/")
 PATIENTS = ("mother_patient", "child", "neighbour_child")
 # Those who decide who sees the child's records (its guardians, not blocked).
 DECIDE_FOR_CHILD = frozenset({"mother", "father"})
+# Staff of a clinic (each persona's own clinic): the clinic portal's users.
+CLINIC_STAFF = ("clinician", "unconsented_clinician", "revoked_clinician", "expired_clinician")
 # The oracle can reproduce known deviations of the policy point (none now).
 MIMIC = oracle.KNOWN_DEVIATIONS
 
@@ -504,6 +506,34 @@ EXPECTATIONS: dict[str, Rule] = {
     "municipal/feeds/<int:source_id>/run/": municipal(
         lambda w: f"municipal/feeds/{w.ids['feed_source']}/run/", POST=302
     ),
+    # --- Clinic portal (clinics/urls.py): clinic staff with MFA; a patient the
+    # policy point does not let the clinic see and another clinic's token are
+    # a 404. The list names the child (consent); the mother's records came
+    # from the clinic, her name did not, so it names no one else.
+    "clinic/": listing(
+        lambda w, p: {"child"} if p == "clinician" else set(),
+        GET=S(user=404, **dict.fromkeys(CLINIC_STAFF, 200)),
+        POST=S(user=405),
+    ),
+    "clinic/patients/<uuid:patient_id>/": patient_page(
+        {
+            "mother_patient": frozenset({"clinician"}),  # records the clinic submitted
+            "child": frozenset({"clinician"}),  # the clinic's care consent
+            "neighbour_child": frozenset(),
+        }
+    ),
+    "clinic/tokens/": page(
+        AUTH, GET=S(user=404, **dict.fromkeys(CLINIC_STAFF, 200)), POST=S(user=405)
+    ),
+    "clinic/tokens/create/": page(  # re-authentication first
+        AUTH, GET=S(user=405), POST=S(user=404, **dict.fromkeys(CLINIC_STAFF, 302))
+    ),
+    "clinic/tokens/<int:token_id>/revoke/": page(
+        AUTH,
+        lambda w: f"clinic/tokens/{w.ids['clinic_token']}/revoke/",
+        GET=S(user=405),
+        POST=S(user=404, clinician=302),
+    ),
     # --- Emergency access (sharing/emergency_urls.py) --------------------------
     "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED, summary_reach),
     "emergency/summary/<uuid:patient_id>.json": patient_page(SUMMARY_ALLOWED, summary_reach),
@@ -799,6 +829,10 @@ def build_world() -> World:
         organization=town, name="Matrix feed", url="https://feed.example.jp/", format="vaccination"
     )
     FeedRun.objects.create(source=feed_source, status=FeedRun.Status.FAILED, error="HTTP 500")
+    # The clinic's API token for its own system (the clinic portal's pages).
+    clinic_token, _secret = api_token_create(
+        user=people["clinician"], name="Matrix EHR", organization=clinic
+    )
 
     origin = Provenance.Origin
     records: dict[str, uuid.UUID] = {}
@@ -947,6 +981,7 @@ def build_world() -> World:
             "batch": str(batch.pk),
             "match_review": str(match_review.pk),
             "feed_source": str(feed_source.pk),
+            "clinic_token": str(clinic_token.pk),
         },
     )
 
