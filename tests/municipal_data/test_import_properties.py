@@ -160,3 +160,58 @@ def test_a_file_never_fails_and_never_imports_part_of_a_row(
             assert batch.status == Batch.Status.IMPORTED
             assert Job.objects.get(pk=batch.import_job.pk).status == Job.Status.DONE
         assert _imported(municipality, numbers) == {spec.number for spec in expected_valid}
+
+
+# --------------------------------------------------------------------------
+# Through the page staff use: no byte sequence makes a 500
+# --------------------------------------------------------------------------
+
+_junk = st.one_of(
+    st.binary(max_size=3000),
+    st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.lists(
+        st.lists(st.text(alphabet='",\r\n前橋0１2R.-年月日ｱ\x00', max_size=12), max_size=8),
+        max_size=8,
+    ).map(lambda rows: "\r\n".join(",".join(r) for r in rows).encode("utf-8")),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=_junk,
+    fmt=st.sampled_from(
+        ["infant_checkup", "vaccination", "pregnancy", "school_checkup", "municipal_fhir"]
+    ),
+    encoding=st.sampled_from(["auto", "utf-8", "cp932"]),
+)
+def test_the_upload_page_never_answers_500(
+    municipality: Any, municipal_officer: Any, data: bytes, fmt: str, encoding: str
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import Client, TestCase
+    from django.urls import reverse
+
+    client = Client(raise_request_exception=False)
+    client.force_login(municipal_officer)
+    before = Resource.objects.count()
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = client.post(
+            reverse("municipal:upload"),
+            {
+                "municipality": municipality.pk,
+                "format": fmt,
+                "encoding": encoding,
+                "file": SimpleUploadedFile("junk.csv", data, content_type="text/csv"),
+            },
+        )
+    assert response.status_code < 500
+    batch = Batch.objects.order_by("-pk").first()
+    if batch is not None and response.status_code == 302:
+        assert batch.status in (Batch.Status.VALIDATED, Batch.Status.REJECTED), batch.status
+        page = client.get(reverse("municipal:batch", args=[batch.pk]))
+        assert page.status_code == 200
+    assert Resource.objects.count() == before  # validation never writes records
