@@ -109,6 +109,11 @@ ACTION_WORDS = {
     "link_code.redeem": gettext_lazy("an account linked with the family link code"),
     "view.link_codes": gettext_lazy("the list of family link codes"),
     "view.link_code_letter": gettext_lazy("the letter with a family link code"),
+    "view.match_review": gettext_lazy("a record the municipality checks against an uploaded row"),
+    "match_review.accept": gettext_lazy(
+        "an uploaded row accepted into the record (birth date or sex corrected)"
+    ),
+    "match_review.reject": gettext_lazy("an uploaded row kept out of the record"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
 HIDDEN_ACTIONS = ("break_glass.alert",)
