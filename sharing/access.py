@@ -818,3 +818,72 @@ def audit_denied(user: Any, patient_id: uuid.UUID | None, *, action: str, rule: 
             )
         ]
     )
+
+
+# --------------------------------------------------------------------------
+# Writes by clinics (the clinics issue): who may add records for a patient
+# --------------------------------------------------------------------------
+
+CLINIC_REGISTERED = Decision(
+    True,
+    "clinic_registered",
+    str(_("This clinic registered the patient, who has not linked an account yet.")),
+)
+
+
+def may_write(user: Any, patient: Patient | uuid.UUID, *, category: str) -> Decision:
+    """May `user`, as clinic staff, write `category` records for `patient`?
+
+    Writing asks more than reading: the records a clinic submitted before
+    (rule clinic_submitted) let it read them, never add more. Yes when
+    - an active care consent names the user's clinic and covers
+      `category` (rule consent: the patient shares with the clinic, or
+      added it herself on the Sharing page), or
+    - the user's clinic registered the patient — an adult whose Patient
+      resource the clinic wrote first — and she has not linked an account
+      yet (rule clinic_registered): once she has, her consents decide.
+    No for staff without MFA, DV-blocked users and everyone else. The
+    Decision's organization_id is the clinic the write is made for.
+    """
+    from phr.models import ResourceHistory
+    from phr.roles import has_mfa, organizations_for
+
+    patient_id = patient.pk if isinstance(patient, Patient) else patient
+    if patient_id in blocked_patients(user):
+        return DV_BLOCKED
+    for grant in _grants(user):
+        if (
+            grant.rule == "consent"
+            and grant.role == Role.CLINIC_STAFF
+            and grant.allows(category, Sensitivity.NORMAL)
+            and _grant_reaches(grant, patient_id, category)
+        ):
+            return _decision(grant, patient_id)
+    if is_staff_user(user) and not has_mfa(user):
+        return NO_MFA
+    clinics = [org.pk for org in organizations_for(user, Role.CLINIC_STAFF)]
+    unlinked = Patient.objects.filter(
+        pk=patient_id, kind=Patient.Kind.ADULT, account__isnull=True, merged_into__isnull=True
+    )
+    if clinics and unlinked.exists():
+        registered_by = (
+            ResourceHistory.objects.filter(
+                resource_id=patient_id,
+                resource_type="Patient",
+                version=1,
+                provenance__origin="clinic",
+                provenance__agent_org_id__in=clinics,
+            )
+            .values_list("provenance__agent_org_id", flat=True)
+            .first()
+        )
+        if registered_by is not None:
+            return Decision(
+                True,
+                CLINIC_REGISTERED.rule,
+                CLINIC_REGISTERED.reason,
+                purpose=Purpose.CARE,
+                role=Role.CLINIC_STAFF,
+                organization_id=registered_by,
+            )
+    return DENY
