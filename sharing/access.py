@@ -172,9 +172,11 @@ class _Grant:
     # emergency grants: the emergency dataset only (emergency_scope)
     summary_only: bool = False
     blocked: tuple[uuid.UUID, ...] = ()
-    # consent grants: which consent (its id as text, and its end) covers
-    # each patient (as text)
-    consent_by_patient: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    # consent grants: which consent covers each patient (ids as text), and
+    # when it ends (when it does). Plain dicts of strings, not a tuple per
+    # patient: hundreds of consents then cost the garbage collector nothing.
+    consent_of: dict[str, str] = field(default_factory=dict)
+    consent_until: dict[str, Any] = field(default_factory=dict)
     break_glass_id: int | None = None
     ends_at: Any = None
     # Emergency grants do not list patients: they serve one found patient's
@@ -275,52 +277,80 @@ class _Facts:
     children: tuple[str, ...] = ()
     mfa: bool = False
     memberships: tuple[tuple[int, str], ...] = ()
-    # (id, patient, grantee organization or None, purpose, categories, ends_at)
-    consents: tuple[tuple[str, str, int | None, str, list[str], Any], ...] = ()
+    # Consents alike but for their patient, grouped: (grantee organization
+    # or None, purpose, categories, [patient], [consent id], [ends_at]), the
+    # lists in the order the consents were given.
+    consents: tuple[tuple[int | None, str, list[str], list[str], list[str], list[Any]], ...] = ()
 
 
 # The six facts in one round trip; each branch is the query the ORM would
-# run (the querysets named in the comments), tagged with what it is. The
-# dates are passed in, as the querysets compute them (timezone.localdate()
-# and timezone.now()). Columns: kind, patient, organization, role or
-# purpose, categories, consent, ends_at.
+# run (the querysets named in the comments), tagged with what it is.
+# Parameters: $1 the user, $2 today and $3 now (as the querysets compute
+# them: timezone.localdate(), timezone.now()), $4 allauth's TOTP type.
+# Columns: kind, patient, organization, role or purpose, categories, and for
+# consents, grouped by grantee, purpose and categories (the groups in the
+# order of their first consent): their patients, ids and ends. Planning its
+# six branches costs more than running them, so it is prepared once per
+# database connection (_facts_rows).
 _FACTS_SQL = """
 WITH membership AS (  -- Membership.objects.active().filter(user=user)
     SELECT id, organization_id, role FROM phr_membership
-    WHERE user_id = %(user)s AND valid_from <= %(today)s
-      AND (valid_to IS NULL OR valid_to >= %(today)s)
+    WHERE user_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to >= $2)
 )
-SELECT 'blocked', patient_id::text, NULL::bigint, NULL::text, NULL::varchar[], NULL::text,
-       NULL::timestamptz
+SELECT 'blocked', patient_id::text, NULL::bigint, NULL::text, NULL::varchar[], NULL::text[],
+       NULL::text[], NULL::timestamptz[]
 FROM sharing_dvblock  -- DvBlock.objects.active().filter(blocked_user=user)
-WHERE blocked_user_id = %(user)s AND lifted_at IS NULL
+WHERE blocked_user_id = $1 AND lifted_at IS NULL
 UNION ALL
-(SELECT 'own', id::text, NULL, NULL, NULL, NULL, NULL
- FROM phr_patient WHERE account_id = %(user)s ORDER BY id LIMIT 1)
+(SELECT 'own', id::text, NULL, NULL, NULL, NULL, NULL, NULL
+ FROM phr_patient WHERE account_id = $1 ORDER BY id LIMIT 1)
 UNION ALL
-(SELECT 'child', child_id::text, NULL, NULL, NULL, NULL, NULL
+(SELECT 'child', child_id::text, NULL, NULL, NULL, NULL, NULL, NULL
  FROM phr_guardianship  -- Guardianship.objects.active().filter(guardian=user)
- WHERE guardian_id = %(user)s AND valid_from <= %(today)s
-   AND (valid_to IS NULL OR valid_to >= %(today)s)
+ WHERE guardian_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to >= $2)
  ORDER BY id)
 UNION ALL
-SELECT 'mfa', NULL, NULL, NULL, NULL, NULL, NULL
-WHERE EXISTS (SELECT FROM mfa_authenticator WHERE user_id = %(user)s AND type = %(totp)s)
+SELECT 'mfa', NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE EXISTS (SELECT FROM mfa_authenticator WHERE user_id = $1 AND type = $4)
 UNION ALL
-(SELECT 'membership', NULL, organization_id, role, NULL, NULL, NULL
+(SELECT 'membership', NULL, organization_id, role, NULL, NULL, NULL, NULL
  FROM membership ORDER BY id)
 UNION ALL
-(SELECT 'consent', patient_id::text, grantee_org_id, purpose, categories, id::text, ends_at
+(SELECT 'consents', NULL, grantee_org_id, purpose, categories,
+        array_agg(patient_id::text ORDER BY created_at, id),
+        array_agg(id::text ORDER BY created_at, id),
+        array_agg(ends_at ORDER BY created_at, id)
  FROM (  -- Consent.objects.active(), to the user or one of their organizations
-     SELECT * FROM sharing_consent WHERE grantee_user_id = %(user)s
+     SELECT * FROM sharing_consent WHERE grantee_user_id = $1
      UNION ALL  -- (one grantee each: the two halves never share a row)
      SELECT * FROM sharing_consent
      WHERE grantee_org_id IN (SELECT organization_id FROM membership)
  ) AS consent
- WHERE starts_at <= %(now)s AND (ends_at IS NULL OR ends_at > %(now)s)
-   AND revoked_at IS NULL
- ORDER BY created_at, id)
+ WHERE starts_at <= $3 AND (ends_at IS NULL OR ends_at > $3) AND revoked_at IS NULL
+ GROUP BY grantee_org_id, purpose, categories
+ ORDER BY min(created_at), min(id::text))
 """
+_FACTS_STATEMENT = "hagukumi_access_facts"
+
+
+def _facts_rows(user: Any) -> list[tuple[Any, ...]]:
+    """Run the facts statement for `user`, preparing it first on a new
+    database connection. (A prepared statement lives as long as its
+    connection, whatever happens to transactions; a reconnection is a new
+    raw connection object, so it is prepared again.)"""
+    from allauth.mfa.models import Authenticator
+
+    with connection.cursor() as cursor:
+        if getattr(connection, "_hagukumi_facts_prepared_on", None) is not connection.connection:
+            cursor.execute(
+                f"PREPARE {_FACTS_STATEMENT} (bigint, date, timestamptz, text) AS {_FACTS_SQL}"
+            )
+            connection._hagukumi_facts_prepared_on = connection.connection
+        cursor.execute(
+            f"EXECUTE {_FACTS_STATEMENT} (%s, %s, %s, %s)",
+            [user.pk, timezone.localdate(), timezone.now(), Authenticator.Type.TOTP.value],
+        )
+        return cursor.fetchall()
 
 
 def _facts(user: Any) -> _Facts:
@@ -328,22 +358,11 @@ def _facts(user: Any) -> _Facts:
     cached: _Facts | None = getattr(user, "_hagukumi_facts", None)
     if cached is not None:
         return cached
-    from allauth.mfa.models import Authenticator
-
-    params = {
-        "user": user.pk,
-        "today": timezone.localdate(),
-        "now": timezone.now(),
-        "totp": Authenticator.Type.TOTP.value,
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_FACTS_SQL, params)
-        rows = cursor.fetchall()
     blocked, children, memberships, consents = [], [], [], []
     own, mfa = None, False
-    for kind, patient, org, word, categories, consent, ends_at in rows:
-        if kind == "consent":
-            consents.append((consent, patient, org, word, categories, ends_at))
+    for kind, patient, org, word, categories, patients, ids, ends in _facts_rows(user):
+        if kind == "consents":
+            consents.append((org, word, categories, patients, ids, ends))
         elif kind == "blocked":
             blocked.append(uuid.UUID(patient))
         elif kind == "own":
@@ -386,9 +405,7 @@ def _consent_grants(facts: _Facts) -> list[_Grant]:
         ConsentPurpose.CARE: Role.CLINIC_STAFF,
         ConsentPurpose.EMERGENCY: Role.EMERGENCY_RESPONDER,
     }
-    for consent_id, patient_id, org_id, purpose, categories, ends_at in facts.consents:
-        if patient_id in blocked:
-            continue
+    for org_id, purpose, categories, patients, consent_ids, ends in facts.consents:
         if org_id is None:  # to the user in person (the statement asked for no other)
             if purpose != ConsentPurpose.CARE:
                 continue  # a person is only ever a care grantee
@@ -416,9 +433,13 @@ def _consent_grants(facts: _Facts) -> list[_Grant]:
                 summary_only=emergency,
                 listable=not emergency,
             )
-        if patient_id not in grant.consent_by_patient:
+        for patient_id, consent_id, ends_at in zip(patients, consent_ids, ends, strict=True):
+            if patient_id in blocked or patient_id in grant.consent_of:
+                continue  # blocked; or an earlier consent covers the patient
             grant.patient_ids.append(patient_id)
-            grant.consent_by_patient[patient_id] = (consent_id, ends_at)
+            grant.consent_of[patient_id] = consent_id
+            if ends_at is not None:
+                grant.consent_until[patient_id] = ends_at
     return list(merged.values())
 
 
@@ -615,8 +636,12 @@ def _grant_reaches(grant: _Grant, patient_id: uuid.UUID, category: str | None = 
 
 
 def _decision(grant: _Grant, patient_id: uuid.UUID | None = None) -> Decision:
-    covering = grant.consent_by_patient.get(str(patient_id)) if patient_id is not None else None
-    consent_id, until = (uuid.UUID(covering[0]), covering[1]) if covering else (None, grant.ends_at)
+    key = str(patient_id)
+    covering = grant.consent_of.get(key) if patient_id is not None else None
+    if covering is not None:
+        consent_id, until = uuid.UUID(covering), grant.consent_until.get(key)
+    else:
+        consent_id, until = None, grant.ends_at
     return Decision(
         True,
         grant.rule,

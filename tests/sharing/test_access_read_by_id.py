@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given, settings
 from rest_framework.test import APIClient
@@ -170,6 +170,7 @@ def test_a_read_by_id_costs_the_same_queries_however_many_consents_a_clinic_hold
             assert client.get(f"/fhir/Observation/{rid}").status_code == 200
         return [q["sql"] for q in captured.captured_queries]
 
+    queries()  # a new database connection prepares the facts statement first
     one = queries()
     for n in range(30):
         other_mother = f.UserFactory(email=f"mother{n}@example.jp")
@@ -186,4 +187,31 @@ def test_a_read_by_id_costs_the_same_queries_however_many_consents_a_clinic_hold
     reads = [q for q in many if "phr_resource" in q and "INSERT" not in q]
     assert len(reads) == 1
     assert "compartments" not in reads[0].split("WHERE", 1)[1]  # no grant in the WHERE clause
-    assert sum("sharing_consent" in q for q in many) == 1
+    assert sum("hagukumi_access_facts" in q for q in many) == 1
+
+
+def _forget_the_prepared_statement() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")
+    connection._hagukumi_facts_prepared_on = None
+
+
+def test_the_facts_statement_outlives_the_transaction_that_prepared_it(
+    mother: User, mother_patient: Any
+) -> None:
+    rid = f.write_observation(mother_patient)
+    _forget_the_prepared_statement()
+    with transaction.atomic():
+        assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
+        transaction.set_rollback(True)
+    assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_facts_statement_is_prepared_again_on_a_new_connection(
+    mother: User, mother_patient: Any
+) -> None:
+    rid = f.write_observation(mother_patient)
+    assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
+    connection.close()
+    assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
