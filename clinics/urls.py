@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from django.urls import path
 
-from clinics import views
+from clinics import entry_views, views
 
 app_name = "clinics"
 
 urlpatterns = [
     path("", views.patients, name="patients"),
     path("patients/<uuid:patient_id>/", views.patient, name="patient"),
+    # Visit entry, delivery, registration and the patient's invitation (entry_views.py)
+    path("patients/<uuid:patient_id>/visits/new/", entry_views.visit_new, name="visit_new"),
+    path("patients/<uuid:patient_id>/delivery/", entry_views.delivery_new, name="delivery_new"),
+    path("register/", entry_views.register, name="register"),
+    path("join/", entry_views.join, name="join"),
     # API tokens of the clinic's own system
     path("tokens/", views.token_list, name="tokens"),
     path("tokens/create/", views.token_create, name="token_create"),
