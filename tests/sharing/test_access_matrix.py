@@ -534,6 +534,30 @@ EXPECTATIONS: dict[str, Rule] = {
         GET=S(user=405),
         POST=S(user=404, clinician=302),
     ),
+    # Visit entry and delivery (clinics/entry_views.py) write, so they ask
+    # sharing.access.may_write: no one holds a consent for the mother's
+    # pregnancy or checkups (records the clinic submitted give no right to
+    # add more) and the child is no pregnancy: 404 for all.
+    "clinic/patients/<uuid:patient_id>/visits/new/": page(
+        AUTH,
+        lambda w: f"clinic/patients/{w.patients['mother_patient'].pk}/visits/new/",
+        GET=S(user=404),
+        POST=S(user=404),
+    ),
+    "clinic/patients/<uuid:patient_id>/delivery/": page(
+        AUTH,
+        lambda w: f"clinic/patients/{w.patients['mother_patient'].pk}/delivery/",
+        GET=S(user=404),
+        POST=S(user=404),
+    ),
+    # Registering a new pregnant patient: clinic staff; an empty POST is the
+    # form with errors. Her invitation page: anyone signed in.
+    "clinic/register/": page(
+        AUTH,
+        GET=S(user=404, **dict.fromkeys(CLINIC_STAFF, 200)),
+        POST=S(user=404, **dict.fromkeys(CLINIC_STAFF, 400)),
+    ),
+    "clinic/join/": page(AUTH, GET=S(user=200), POST=S(user=400)),
     # --- Emergency access (sharing/emergency_urls.py) --------------------------
     "emergency/summary/<uuid:patient_id>/": patient_page(SUMMARY_ALLOWED, summary_reach),
     "emergency/summary/<uuid:patient_id>.json": patient_page(SUMMARY_ALLOWED, summary_reach),
