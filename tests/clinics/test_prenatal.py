@@ -1308,8 +1308,14 @@ def test_registration_and_joining_through_the_pages(clinician: Any, clinic: Any)
         },
     )
     assert response.status_code == 200
-    code = response.context["registration"].code
+    registration = response.context["registration"]
+    code = registration.code
     assert code in response.content.decode()
+    # The clinic records her visits at once (it registered her), in English too.
+    with translation.override("en"):
+        response = client.get(visit_url(registration.patient), HTTP_ACCEPT_LANGUAGE="en")
+    assert response.status_code == 200
+    assert "20 weeks 0 days" in response.content.decode()
     woman = f.UserFactory()
     joining = client_for(woman)
     assert joining.get(f"/clinic/join/?code={code}").status_code == 200
