@@ -286,6 +286,8 @@ if not DEBUG:
 DEMO_PASSWORD = env_str("DEMO_PASSWORD", "hagukumi-demo-2026")
 FHIR_PAGE_SIZE = env_int("FHIR_PAGE_SIZE", 50, minimum=1)
 FHIR_MAX_PAGE_SIZE = 500
+# The largest transaction or batch Bundle POST /fhir accepts, in MB (413 beyond).
+FHIR_MAX_BUNDLE_MB = env_int("FHIR_MAX_BUNDLE_MB", 20, minimum=1)
 # How long a break-glass window stays open (emergency access without consent).
 BREAK_GLASS_HOURS = env_int("BREAK_GLASS_HOURS", 4, minimum=1)
 # The largest file municipal staff may upload on /municipal/upload/, in MB.

@@ -714,6 +714,8 @@ def history_entry(base: str, version: ResourceHistory, user: Any) -> dict[str, A
 def capability_statement(base: str) -> dict[str, Any]:
     """The server's CapabilityStatement (FHIR R4), built from the same
     tables that drive the views and the search parser."""
+    from phr import fhir_bundle  # imports this module
+
     resources = []
     for resource_type in sorted(indexing.SUPPORTED_TYPES):
         interactions = ["read", "vread", "history-instance", "search-type", "update"]
@@ -728,9 +730,11 @@ def capability_statement(base: str) -> dict[str, Any]:
                 "versioning": "versioned",
                 "readHistory": True,
                 "updateCreate": False,
-                "conditionalCreate": False,
+                # Conditional create and update: in transaction and batch
+                # Bundles, by identifier (phr/fhir_bundle.py).
+                "conditionalCreate": resource_type in fhir_bundle.BUNDLE_TYPES,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": False,
+                "conditionalUpdate": resource_type in fhir_bundle.BUNDLE_TYPES,
                 "conditionalDelete": "not-supported",
                 "searchParam": [
                     {"name": p.name, "type": p.type, "documentation": p.documentation}
@@ -774,7 +778,8 @@ def capability_statement(base: str) -> dict[str, Any]:
                 "mode": "server",
                 "documentation": (
                     "Reads show only what the access policy lets the caller see; families "
-                    "write their own and their children's records."
+                    "write their own and their children's records; clinic systems write "
+                    "through transaction and batch Bundles (POST to the base URL)."
                 ),
                 "security": {
                     "cors": False,
@@ -784,6 +789,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                     ),
                 },
                 "resource": resources,
+                "interaction": fhir_bundle.capability_interactions(),
             }
         ],
     }

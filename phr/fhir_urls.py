@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from phr import fhir_api
+from phr import fhir_api, fhir_bundle
 
 app_name = "fhir"
 
 urlpatterns = [
+    # POST /fhir: transaction and batch Bundles (phr/fhir_bundle.py).
+    path("", fhir_bundle.BundleView.as_view(), name="base"),
     path("metadata", fhir_api.CapabilityStatementView.as_view(), name="metadata"),
     path("<str:resource_type>", fhir_api.TypeView.as_view(), name="type"),
     path("<str:resource_type>/<str:resource_id>", fhir_api.InstanceView.as_view(), name="instance"),

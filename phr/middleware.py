@@ -70,7 +70,7 @@ class IdleTimeoutMiddleware:
             )
             if last_seen is not None and now - float(last_seen) > limit.total_seconds():
                 logout(request)
-                if request.path.startswith(("/fhir/", "/api/")):
+                if request.path.startswith(("/fhir/", "/api/")) or request.path == "/fhir":
                     return self.get_response(request)
                 login_url = f"{reverse(settings.LOGIN_URL)}?timeout=1"
                 if request.headers.get("HX-Request"):
@@ -124,6 +124,7 @@ class StaffMfaSetupMiddleware:
             user is not None
             and user.is_authenticated
             and not request.path.startswith((*self.EXEMPT_PREFIXES, settings.STATIC_URL))
+            and request.path != "/fhir"  # the FHIR base URL (POST of a Bundle)
         ):
             from phr.roles import has_mfa, is_staff_user
 

@@ -247,9 +247,11 @@ def stage(
     *,
     source: Source | None = None,
     resource_id: uuid.UUID | None = None,
+    fields: indexing.IndexFields | None = None,
 ) -> Staged:
     """Prepare one resource for writing: id, canonical JSON and hash (the
-    search columns follow on demand, see Staged)."""
+    search columns follow on demand, see Staged, unless the caller indexed
+    this very resource already and passes `fields`)."""
     resource_type = resource.get("resourceType")
     if resource_type not in indexing.SUPPORTED_TYPES:
         raise StoreError(f"unsupported resource type {resource_type!r}")
@@ -265,7 +267,7 @@ def stage(
             resource_id = uuid.uuid4()
     content = canonical_content(resource)
     raw = canonical_json(content)
-    return Staged(
+    staged = Staged(
         id=resource_id,
         resource_type=resource_type,
         content=content,
@@ -273,6 +275,8 @@ def stage(
         content_hash=hashlib.sha256(raw).hexdigest(),
         source=source,
     )
+    staged._fields = fields
+    return staged
 
 
 # --------------------------------------------------------------------------

@@ -129,7 +129,7 @@ PERSONAS = (
 # answers them like anyone with no access.
 NEEDS_MFA = frozenset({"staff_without_mfa", "admin_without_mfa"})
 # Paths those staff still reach (phr.middleware.StaffMfaSetupMiddleware).
-MFA_EXEMPT = ("accounts/", "i18n/", "fhir/", "api/")
+MFA_EXEMPT = ("accounts/", "i18n/", "fhir/", "fhir", "api/")
 PATIENTS = ("mother_patient", "child", "neighbour_child")
 # Those who decide who sees the child's records (its guardians, not blocked).
 DECIDE_FOR_CHILD = frozenset({"mother", "father"})
@@ -375,6 +375,10 @@ EXPECTATIONS: dict[str, Rule] = {
     # --- OpenAPI schema of our JSON APIs: signed-in users ---------------------
     "api/schema/": page(AUTH, GET=S(anonymous=401, user=200), POST=S(anonymous=401, user=405)),
     # --- FHIR R4 API ----------------------------------------------------------
+    # POST of a transaction or batch Bundle at the base URL, with and without
+    # the slash (the matrix's empty POST body: 400 as JSON, 415 as a form).
+    "fhir": page(AUTH, GET=S(anonymous=401, user=405), POST=S(anonymous=401, user=415)),
+    "fhir/": page(AUTH, GET=S(anonymous=401, user=405), POST=S(anonymous=401, user=400)),
     "fhir/metadata": Rule(FHIR_METADATA),
     "fhir/<str:resource_type>": Rule(FHIR_TYPE),
     "fhir/<str:resource_type>/<str:resource_id>": Rule(FHIR_INSTANCE),
