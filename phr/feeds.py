@@ -36,6 +36,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import time as time_of_day
@@ -209,14 +210,34 @@ class Page:
     next_page: str
 
 
+@dataclass(frozen=True)
+class CursorRule:
+    """How a format's feed writes its cursor and reads the next one, when
+    not as the protocol's default (`<cursor_param>=<cursor>`; X-Next-Cursor
+    or Bundle.meta.lastUpdated). A FHIR server searched with
+    `_lastUpdated=gt<instant>` (clinics/fhir_feed.py) needs the prefix, and
+    its next cursor is the newest meta.lastUpdated of the page's entries:
+    the search time would pass entries of later pages not yet committed."""
+
+    prefix: str = ""
+    # (page body, the source's cursor) -> the cursor after this page, or ""
+    # to keep the protocol's.
+    next_cursor: Callable[[bytes, str], str] | None = None
+
+
+# Registered by the apps that bring the formats, by format key.
+CURSOR_RULES: dict[str, CursorRule] = {}
+
+
 def page_url(source: FeedSource, cursor: str) -> str:
     """The first page of a pull: the source's URL with the cursor added."""
     if not cursor:
         return source.url
+    rule = CURSOR_RULES.get(source.format)
     parts = urlsplit(source.url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     query = [(k, v) for k, v in query if k != source.cursor_param]
-    query.append((source.cursor_param, cursor))
+    query.append((source.cursor_param, (rule.prefix if rule else "") + cursor))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -733,6 +754,9 @@ def feed_pull(ctx: JobContext) -> dict[str, Any]:
             asked_with = source.cursor
             body, content_type, headers, final_url = fetch(source, url, kinds)
             page = page_parse(url, body, content_type, headers, kinds, base=final_url)
+            rule = CURSOR_RULES.get(source.format)
+            if rule is not None and rule.next_cursor is not None:
+                page.next_cursor = rule.next_cursor(page.body, source.cursor) or page.next_cursor
             number += 1
             _import_page(ctx, source, run, provenance, fmt, page, asked_with, number)
             seen.add(url)

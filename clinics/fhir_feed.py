@@ -1,0 +1,345 @@
+"""Clinic feed pulls: a clinic's FHIR server registered as a feed source
+(phr.feeds, the same machinery and pipeline as municipal feeds) is
+searched on a schedule with `_lastUpdated=gt<cursor>`, following the
+searchset Bundle's next links; every entry is a resource to store.
+
+Staff register the feed with the format `clinic_fhir`, the cursor
+parameter `_lastUpdated` and a search URL sorted by time, e.g.
+`https://ehr.example.jp/fhir/Observation?_sort=_lastUpdated&_count=100`
+(or a system search with `_type=Patient,Encounter,Observation,…`).
+docs/decisions/0011-fhir-bundles.md, "Clinic feed pulls".
+
+- Cursor (phr.feeds.CURSOR_RULES): asked as `gt<instant>`; after a page,
+  the newest `meta.lastUpdated` of its entries (an empty page keeps the
+  cursor), so a run stopped after page 2 resumes after page 2's entries
+  and never after the search time.
+- Each entry is checked like a Bundle entry of POST /fhir (structure with
+  fhir.resources R4B, the codes we rely on: phr.fhir_bundle.check_codes);
+  a bad one is a row error of the page's batch, the others are written.
+- Ids come from the source identifier: the server's base URL and
+  `Type/id` (store.Source), so a page read twice writes nothing new, and
+  the server's references (`Patient/123`) map to our ids without a
+  lookup. An entry without an id is identified by its first identifier.
+- Who may write: the staff member who registered the feed, as the policy
+  point says (sharing.access.may_write: a care consent covering the
+  category, or a patient the clinic registered). Patients the server sends
+  are registered by the clinic (identity row + resource, provenance of the
+  feed run: origin clinic), so their records follow; a record about any
+  other patient is refused as "not known" unless a consent covers it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from phr import feeds, indexing, store
+from phr.fhir import FhirValidationError, validate_resource
+from phr.fhir_bundle import BUNDLE_TYPES, check_codes
+from phr.models import Batch, Organization, Patient, Provenance, Resource, Role
+from phr.pipeline import PipelineFormat, format_register
+from phr.tabular import FileError, Row
+
+FORMAT_KEY = "clinic_fhir"
+CURSOR_PARAM = "_lastUpdated"
+_TYPE_ID = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
+_ABSOLUTE = re.compile(r"^(https?://.+/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/.*)?$")
+
+
+def _entries(body: bytes) -> list[tuple[str | None, Any]]:
+    """(fullUrl, resource) per item of a Bundle page or an NDJSON page."""
+    text = body.lstrip()
+    if text.startswith(b"{") and b"\n{" not in text.strip():
+        try:
+            bundle = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise FileError("json", "JSONとして読めません。", "The page is not JSON.") from None
+        if isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle":
+            out = []
+            for entry in bundle.get("entry") or []:
+                entry = entry if isinstance(entry, dict) else {}
+                full_url = entry.get("fullUrl")
+                out.append((full_url if isinstance(full_url, str) else None, entry.get("resource")))
+            return out
+        return [(None, bundle)]
+    out = []
+    for line in body.split(b"\n"):
+        if line.strip():
+            try:
+                out.append((None, orjson.loads(line)))
+            except orjson.JSONDecodeError:
+                out.append((None, None))
+    return out
+
+
+def _default_base(batch: Batch) -> str:
+    """The server's base URL from the feed's URL: the path without a
+    trailing resource type, without the query."""
+    run = batch.feed_run
+    url = run.source.url if run is not None else ""
+    parts = urlsplit(url)
+    path = parts.path
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if last[:1].isupper():
+        path = path.rstrip("/")[: -len(last)]
+    if not path.endswith("/"):
+        path += "/"
+    return urlunsplit(parts._replace(path=path, query="", fragment=""))
+
+
+def _acting_user(batch: Batch) -> Any:
+    """Whose grants a page is written under: the person who uploaded it,
+    or who registered the feed (a token acts as its creator likewise)."""
+    if batch.uploaded_by_id is not None:
+        return batch.uploaded_by
+    run = batch.feed_run
+    return run.source.created_by if run is not None else None
+
+
+class _Page:
+    """The rows of one page and what writing them needs, decided while
+    reading (so refusals are row errors in the batch's report)."""
+
+    def __init__(self, batch: Batch, body: bytes) -> None:
+        from phr.roles import has_mfa, organizations_for
+
+        self.batch = batch
+        self.user = _acting_user(batch)
+        self.clinic: Organization = batch.organization
+        self.base = _default_base(batch)
+        staff = self.user is not None and has_mfa(self.user)
+        self.may_register = staff and any(
+            c.pk == self.clinic.pk for c in organizations_for(self.user, Role.CLINIC_STAFF)
+        )
+        self._decisions: dict[tuple[uuid.UUID, str], bool] = {}
+        self.rows: list[Row] = []
+        self.registered: set[uuid.UUID] = set()
+        entries = _entries(body)
+        prepared = []
+        for number, (full_url, resource) in enumerate(entries, start=1):
+            row = Row(line=number)
+            self.rows.append(row)
+            item = self._check(row, full_url, resource)
+            if item is not None:
+                prepared.append((row, *item))
+        for _row, resource, source, _rid in prepared:
+            self._rewrite(resource, source.system)
+        # Patients first: their records follow them.
+        for row, resource, source, rid in sorted(
+            prepared, key=lambda p: p[1]["resourceType"] != "Patient"
+        ):
+            self._authorise(row, resource, source, rid)
+
+    def _check(
+        self, row: Row, full_url: str | None, resource: Any
+    ) -> tuple[dict[str, Any], store.Source, uuid.UUID] | None:
+        if not isinstance(resource, dict):
+            row.error(
+                "resource", "resource", "リソースがありません。", "The entry has no resource."
+            )
+            return None
+        kind = resource.get("resourceType")
+        if kind == "OperationOutcome":
+            return None  # a search's warning, not a record
+        if kind not in BUNDLE_TYPES:
+            row.error(
+                "resourceType",
+                "type",
+                f"{kind} は取り込めない種類です。",
+                f"{kind!r} is not a type clinics send ({', '.join(sorted(BUNDLE_TYPES))}).",
+            )
+            return None
+        try:
+            validate_resource(resource)
+        except FhirValidationError as error:
+            for path, reason in error.issues[:5]:
+                row.error(path, "fhir", f"FHIRとして正しくありません: {reason}", reason)
+            return None
+        for path, reason in check_codes(resource):
+            row.error(path, "code", f"コードが正しくありません: {reason}", reason)
+        if not row.ok:
+            return None
+        base = self.base
+        remote = resource.get("id")
+        absolute = _ABSOLUTE.match(full_url or "")
+        if absolute is not None:
+            base, remote = absolute.group(1), remote or absolute.group(3)
+        if isinstance(remote, str) and remote:
+            source = store.Source(base, f"{kind}/{remote}")
+        else:
+            identifier = next(
+                (
+                    i
+                    for i in resource.get("identifier") or ()
+                    if isinstance(i, dict) and i.get("system") and i.get("value")
+                ),
+                None,
+            )
+            if identifier is None:
+                row.error(
+                    "id",
+                    "id",
+                    "id も identifier もありません。",
+                    "The entry has no id or identifier.",
+                )
+                return None
+            source = store.Source(str(identifier["system"]), str(identifier["value"]))
+        return resource, source, store.source_resource_id(kind, source)
+
+    def _rewrite(self, resource: dict[str, Any], base: str) -> None:
+        """The server's references (relative, or absolute under its base)
+        to our ids for the same source identifiers."""
+        stack: list[Any] = [resource]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                reference = node.get("reference")
+                if isinstance(reference, str):
+                    if reference.startswith(base):
+                        reference = reference[len(base) :]
+                    match = _TYPE_ID.match(reference)
+                    if match is not None and match.group(1) in indexing.SUPPORTED_TYPES:
+                        kind = match.group(1)
+                        ours = store.source_resource_id(kind, store.Source(base, reference))
+                        node["reference"] = f"{kind}/{ours}"
+                stack.extend(v for v in node.values() if isinstance(v, dict | list))
+            elif isinstance(node, list):
+                stack.extend(v for v in node if isinstance(v, dict | list))
+
+    def _allowed(self, patient_id: uuid.UUID, category: str) -> bool:
+        from sharing.access import may_write
+
+        if patient_id in self.registered:
+            return True
+        key = (patient_id, category)
+        if key not in self._decisions:
+            decision = may_write(self.user, patient_id, category=category) if self.user else None
+            self._decisions[key] = bool(decision) and decision.organization_id in (
+                None,
+                self.clinic.pk,
+            )
+        return self._decisions[key]
+
+    def _authorise(
+        self, row: Row, resource: dict[str, Any], source: store.Source, rid: uuid.UUID
+    ) -> None:
+        kind = resource["resourceType"]
+        fields = None
+        if kind == "Patient":
+            exists = Patient.objects.filter(pk=rid).exists()
+            if not exists and self.may_register:
+                self.registered.add(rid)
+                row.record = (resource, source, rid, None, True)
+                return
+            patients, category = [rid], ""
+        else:
+            fields = indexing.index(resource, resource_id=rid)
+            patients, category = fields.compartments, fields.category
+            if not patients:
+                element = indexing.COMPARTMENT_PATHS[kind][0]
+                row.error(element, "patient", "患者の参照がありません。", "No Patient reference.")
+                return
+        for patient_id in patients:
+            if not self._allowed(patient_id, category):
+                row.error(
+                    "subject" if kind != "Patient" else "id",
+                    "not_found",
+                    "この患者は見つかりません。",
+                    "This patient is not known.",
+                )
+                return
+        row.record = (resource, source, rid, fields, False)
+
+
+def read(batch: Batch, raw: IO[bytes], skip: int) -> tuple[Iterator[Row], str]:
+    page = _Page(batch, raw.read())
+    return iter(page.rows[skip:]), "utf-8"
+
+
+def plan(batch: Batch, rows: list[Row], state: dict[str, Any]) -> dict[str, int]:
+    """What writing would do, for the upload screens (feeds write at once)."""
+    ids = [row.record[2] for row in rows if row.record is not None]
+    existing = set(Resource.objects.filter(id__in=ids).values_list("id", flat=True))
+    new = sum(1 for rid in ids if rid not in existing)
+    return {
+        "created": new,
+        "updated": len(ids) - new,
+        "new_patients": sum(1 for row in rows if row.record is not None and row.record[4]),
+    }
+
+
+def apply(batch: Batch, rows: list[Row], provenance: Provenance) -> dict[str, int]:
+    """Write the page's good rows (in the feed's page transaction): new
+    patients with their identity rows, the rest in one store call."""
+    from phr.fhir_bundle import _patient_kind
+    from phr.services import patient_create
+
+    records = [row.record for row in rows if row.record is not None]
+    new_patients = 0
+    staged = []
+    for resource, source, rid, fields, new_patient in sorted(
+        records, key=lambda r: r[0]["resourceType"] != "Patient"
+    ):
+        content = {k: v for k, v in resource.items() if k != "id"}
+        if new_patient and not Patient.objects.filter(pk=rid).exists():
+            patient_create(
+                kind=_patient_kind(content),
+                resource=content,
+                provenance=provenance,
+                patient_id=rid,
+            )
+            new_patients += 1
+            continue
+        staged.append(store.stage(content, source=source, resource_id=rid, fields=fields))
+    result = store.write_staged(staged, provenance=provenance, copy=len(staged) > 20)
+    return {
+        "created": len(result.created) + new_patients,
+        "updated": len(result.updated),
+        "unchanged": len(result.unchanged),
+        "new_patients": new_patients,
+    }
+
+
+def _instant_of(entry_resource: Any) -> str:
+    meta = entry_resource.get("meta") if isinstance(entry_resource, dict) else None
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def next_cursor(body: bytes, current: str) -> str:
+    """The newest meta.lastUpdated of the page's entries (compared as
+    instants); the current cursor for a page without any."""
+    from phr.feeds import _instant
+
+    newest, newest_at = current, _instant(current) if current else None
+    try:
+        entries = _entries(body)
+    except FileError:
+        return current
+    for _, resource in entries:
+        value = _instant_of(resource)
+        moment = _instant(value) if value else None
+        if moment is not None and (newest_at is None or moment > newest_at):
+            newest, newest_at = value, moment
+    return newest
+
+
+CLINIC_FHIR = PipelineFormat(
+    key=FORMAT_KEY,
+    label_ja="クリニックのFHIRサーバー（検索Bundle）",
+    label_en="Clinic FHIR server (search Bundles)",
+    read=read,
+    plan=plan,
+    apply=apply,
+    organization_kinds=(Organization.Kind.CLINIC,),
+)
+
+
+def register() -> None:
+    format_register(CLINIC_FHIR)
+    feeds.CURSOR_RULES[FORMAT_KEY] = feeds.CursorRule(prefix="gt", next_cursor=next_cursor)
