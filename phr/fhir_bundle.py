@@ -513,6 +513,11 @@ class BundleRun:
         good = [e for e in self.entries if e.error is None]
         for entry in good:
             self._guard(entry, self._assign_id)
+        # A conditional create that finds its record refers to that record
+        # (whatever its id: a patient registered on the portal has a
+        # random one), before references to its fullUrl are rewritten.
+        for entry in good:
+            self._guard(entry, self._match)
         full_urls = self._full_urls(good)
         for entry in good:
             self._guard(entry, lambda e: self._rewrite_references(e, full_urls))
@@ -615,11 +620,8 @@ class BundleRun:
 
     def _authorise(self, entry: Entry) -> None:
         assert entry.id is not None
-        if entry.if_none_exist is not None:
-            match = self._conditional_match(entry)
-            if match is not None:
-                entry.matched = match
-                return
+        if entry.matched is not None:
+            return  # the client may read it: found among what it may read
         if entry.existing is not None:
             if (
                 entry.existing.resource_type != entry.resource_type
@@ -697,6 +699,14 @@ class BundleRun:
                 continue
             if fhir_search.resource_for(self.user, match.group(1), match.group(2)) is None:
                 raise EntryError(404, [(path, f"{reference} is not known")], code="not-found")
+
+    def _match(self, entry: Entry) -> None:
+        if entry.if_none_exist is None:
+            return
+        match = self._conditional_match(entry)
+        if match is not None:
+            entry.matched = match
+            entry.id = match.id
 
     def _conditional_match(self, entry: Entry) -> Resource | None:
         """ifNoneExist: the record of this type and identifier the client

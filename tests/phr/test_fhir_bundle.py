@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from phr.authentication import api_token_create
 from phr.models import AuditEvent, Organization, Patient, Provenance, Resource, User
+from phr.services import patient_create, provenance_create
 from phr.terminology import CATEGORY_SYSTEM, LOINC, Category
 from sharing.models import Consent, ConsentPurpose
 from sharing.services import consent_grant
@@ -312,6 +313,36 @@ def test_a_conditional_create_registers_a_patient_once(ehr: APIClient) -> None:
     locations = {a["entry"][0]["response"]["location"].split("/")[1] for a in answers}
     assert len(locations) == 1
     assert Patient.objects.filter(pk__in=locations).count() == 1
+
+
+def test_a_conditional_create_finds_a_patient_registered_on_the_portal(
+    ehr: APIClient, clinician: User, clinic: Organization
+) -> None:
+    # Registered by the clinic's staff on the portal: a random id, the
+    # clinic's patient number as identifier.
+    provenance = provenance_create(
+        origin=Provenance.Origin.CLINIC, user=clinician, organization=clinic
+    )
+    registered = patient_create(
+        kind=Patient.Kind.ADULT, resource=new_mother("K-42"), provenance=provenance
+    )
+    mother_url = f"urn:uuid:{uuid.uuid4()}"
+    system = new_mother()["identifier"][0]["system"]
+    response = post_bundle(
+        ehr,
+        bundle(
+            "transaction",
+            post(new_mother("K-42"), mother_url, ifNoneExist=f"identifier={system}|K-42"),
+            post(weight(mother_url, number="W-42")),
+        ),
+    )
+    assert response.status_code == 200, response.json()
+    first, second = (e["response"] for e in response.json()["entry"])
+    assert first["status"] == "200 OK"
+    assert first["location"].startswith(f"Patient/{registered.pk}/")
+    assert second["status"] == "201 Created"
+    observation = Resource.objects.get(tokens__contains=[f"{EHR}|W-42"])
+    assert observation.compartments == [registered.pk]
 
 
 def test_it_updates_with_put_and_conditional_put(
