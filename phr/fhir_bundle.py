@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -99,6 +99,7 @@ COMPARTMENT_ELEMENTS = {
     kind: frozenset(paths) for kind, paths in indexing.COMPARTMENT_PATHS.items()
 }
 PROVENANCE_SOURCE = "fhir-bundle"
+CONCURRENT = "Another request wrote the same record at the same time; send the Bundle again"
 # Above this many records a write goes through the store's COPY path.
 COPY_THRESHOLD = 20
 _JSON_TYPES = frozenset({FHIR_MEDIA_TYPE, "application/json", "application/json+fhir"})
@@ -938,6 +939,11 @@ def bundle_process(request: Request, bundle: dict[str, Any]) -> tuple[int, dict[
         except store.StoreError as exc:
             run.audit_denials()
             return 400, operation_outcome([("Bundle", str(exc))])
+        except IntegrityError:
+            # The same Bundle sent twice at once: both registered the same
+            # patient. Nothing of this one was written; sent again, it
+            # finds what the other wrote.
+            return 409, operation_outcome([("Bundle", CONCURRENT)], code="conflict")
         return 200, run.response_bundle()
     run.prepare()
     for entry in run.entries:
@@ -948,6 +954,8 @@ def bundle_process(request: Request, bundle: dict[str, Any]) -> tuple[int, dict[
                 run.write([entry])
         except store.StoreError as exc:
             entry.error = EntryError(400, [("resource", str(exc))])
+        except IntegrityError:
+            entry.error = EntryError(409, [("", CONCURRENT)], code="conflict")
     run.audit_denials()
     return 200, run.response_bundle()
 

@@ -570,3 +570,22 @@ def test_the_capability_statement_offers_transaction_and_batch() -> None:
     assert codes == {"transaction", "batch"}
     observation = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Observation")
     assert observation["conditionalCreate"] is True
+
+
+def test_a_bundle_racing_its_twin_is_told_to_send_again(
+    ehr: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two copies of one registration at once: the second one's Patient row
+    # collides with the first's (same id from the same identifier).
+    from django.db import IntegrityError
+
+    from phr import fhir_bundle
+
+    def collide(**kwargs: Any) -> None:
+        raise IntegrityError("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(fhir_bundle, "patient_create", collide)
+    response = post_bundle(ehr, bundle("transaction", post(new_mother("K-77"))))
+    assert response.status_code == 409
+    assert response.json()["issue"][0]["code"] == "conflict"
+    assert not Provenance.objects.filter(source__startswith="fhir-bundle").exists()
