@@ -731,7 +731,7 @@ class BundleRun:
 
     # ---- writing ------------------------------------------------------------
 
-    def _provenance(self) -> Provenance:
+    def provenance_for_bundle(self) -> Provenance:
         if self.provenance is None:
             self.provenance = provenance_create(
                 origin=Provenance.Origin.CLINIC if self.clinic else Provenance.Origin.SELF,
@@ -747,7 +747,7 @@ class BundleRun:
         one store call; read the rows back for the response and audit."""
         to_write = [e for e in entries if e.matched is None]
         if to_write:
-            provenance = self._provenance()
+            provenance = self.provenance_for_bundle()
         staged: list[store.Staged] = []
         for entry in to_write:
             assert entry.id is not None
@@ -946,6 +946,10 @@ def bundle_process(request: Request, bundle: dict[str, Any]) -> tuple[int, dict[
             return 409, operation_outcome([("Bundle", CONCURRENT)], code="conflict")
         return 200, run.response_bundle()
     run.prepare()
+    if any(e.error is None and e.matched is None for e in run.entries):
+        # Outside the entries' savepoints: an entry that fails must not
+        # take the Bundle's provenance with it.
+        run.provenance_for_bundle()
     for entry in run.entries:
         if entry.error is not None:
             continue

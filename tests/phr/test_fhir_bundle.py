@@ -267,6 +267,9 @@ def test_a_batch_writes_the_good_entries_and_reports_the_bad(
     assert second["status"].startswith("400")
     assert expressions(second["outcome"]) == ["Bundle.entry[1].resource.code"]
     assert records_of(mother_patient.pk) == 3
+    # One provenance for the Bundle, shared by the entries written.
+    written = Resource.objects.filter(resource_type="Observation")
+    assert len({row.provenance_id for row in written}) == 1
 
 
 # --------------------------------------------------------------------------
