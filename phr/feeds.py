@@ -206,7 +206,7 @@ class Page:
     kind: str
     body: bytes
     items: int
-    next_cursor: str
+    next_cursor: str  # "" keeps the source's cursor
     next_page: str
 
 
@@ -457,6 +457,11 @@ def _bundle_page(
     for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             next_link = urljoin(base, str(link["url"]))
+    if not next_cursor and next_link:
+        # meta.lastUpdated is the time of the search: the entries of the
+        # next pages are older, so it is a cursor only once the last page is
+        # in. Until then this page's data is committed, the cursor stays.
+        return Page(url, BUNDLE, body, items, "", next_link)
     if not next_cursor:
         meta = bundle.get("meta") if isinstance(bundle.get("meta"), dict) else {}
         next_cursor = str(meta.get("lastUpdated") or "").strip()
@@ -632,7 +637,8 @@ def _import_page(
                 confirmed_at=timezone.now(),
                 finished_at=timezone.now(),
             )
-        locked.cursor = cursor_after(locked.cursor, page.next_cursor)
+        if page.next_cursor:  # "" keeps the cursor (a Bundle page before the last)
+            locked.cursor = cursor_after(locked.cursor, page.next_cursor)
         locked.save(update_fields=["cursor"])
         source.cursor = locked.cursor
         run.pages += 1

@@ -628,6 +628,33 @@ def test_it_follows_a_bundles_next_link_and_takes_its_last_updated_as_cursor(
     assert store_state() == before
 
 
+def test_a_bundle_page_before_the_last_does_not_move_the_cursor_to_the_search_time(
+    server: FeedServer, fhir_source: FeedSource
+) -> None:
+    # Page 1 says "searched at 10:00" and links page 2, whose entries are
+    # older than 10:00: after a failure on page 2, a cursor of 10:00 would
+    # skip them for good.
+    fhir_source.cursor = "2026-04-01T08:00:00+09:00"
+    fhir_source.save()
+    fhir = "application/fhir+json"
+    searched = "2026-04-01T10:00:00+09:00"
+    page_1 = bundle(
+        fhir_child(), fhir_weight("o1", 6.1), next_url="/feed?_page=2", last_updated=searched
+    )
+    page_2 = bundle(fhir_weight("o2", 6.4, known=True), last_updated=searched)
+    server.script(Reply(page_1, content_type=fhir), Reply(status=502))
+    run = pull(fhir_source)
+    assert (run.status, run.pages) == (FeedRun.Status.FAILED, 1)
+    assert weights() == 1  # page 1 is committed
+    assert fhir_source.cursor == "2026-04-01T08:00:00+09:00"  # the cursor is not
+
+    server.script(Reply(page_1, content_type=fhir), Reply(page_2, content_type=fhir))
+    assert pull(fhir_source).status == FeedRun.Status.SUCCEEDED
+    assert server.seen[-2].query == {"_since": ["2026-04-01T08:00:00+09:00"]}
+    assert weights() == 2
+    assert fhir_source.cursor == searched
+
+
 def test_a_malformed_or_cut_bundle_commits_nothing(
     server: FeedServer, fhir_source: FeedSource
 ) -> None:
