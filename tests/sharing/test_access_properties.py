@@ -200,8 +200,10 @@ def _twists(draw: Any, spec: Spec) -> None:
     if guarded and draw(st.integers(0, 3)) == 0:
         guardian, child = draw(st.sampled_from(guarded))
         membership = (guardian, Role.MUNICIPAL_STAFF, towns_of[child], "current")
-        if membership not in spec.memberships:
-            spec.memberships.append(membership)
+        # One membership per user, organization and role (phr_membership_unique):
+        # one that ended is current again.
+        spec.memberships = [m for m in spec.memberships if m[:3] != membership[:3]]
+        spec.memberships.append(membership)
         spec.users[guardian]["mfa"] = True
         if (child, guardian) not in spec.blocks:
             spec.blocks.append((child, guardian))
