@@ -444,9 +444,26 @@ def _label(resource_type: str, content: dict[str, Any], language: str) -> str:
     return str(TYPE_LABELS.get(resource_type, resource_type))
 
 
+def _gestational_age(content: dict[str, Any]) -> str:
+    """ "25週3日" for a gestational age written as completed weeks with the
+    days beyond them as a component (clinics/prenatal.py), else ""."""
+    weeks = (content.get("valueQuantity") or {}).get("value")
+    for part in content.get("component") or []:
+        if not isinstance(part, dict) or not isinstance(weeks, int):
+            continue
+        for coding in (part.get("code") or {}).get("coding") or []:
+            item = terminology.item_for_coding(coding.get("system"), coding.get("code"))
+            days = (part.get("valueQuantity") or {}).get("value")
+            if item is not None and item.key == "gestational_age_days" and isinstance(days, int):
+                return gettext("%(weeks)d weeks %(days)d days") % {"weeks": weeks, "days": days}
+    return ""
+
+
 def _entry_value(resource_type: str, content: dict[str, Any], language: str) -> str:
     if resource_type == "Observation":
-        return _value(content, language) or _components(content, language)
+        return (
+            _gestational_age(content) or _value(content, language) or _components(content, language)
+        )
     if resource_type == "Immunization":
         for protocol in content.get("protocolApplied") or []:
             dose = protocol.get("doseNumberPositiveInt") or protocol.get("doseNumberString")
