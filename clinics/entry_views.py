@@ -105,28 +105,33 @@ def _context(request: HttpRequest, clinic: Organization, **extra: Any) -> dict[s
     return {"clinic": clinic, "clinics": mine, "choice": choice, "current": "patients", **extra}
 
 
-def _sign(data: QueryDict) -> str:
+def _salt(patient: Patient) -> str:
+    # The payload is good for this patient's page only.
+    return f"{PAYLOAD_SALT}:{patient.pk}"
+
+
+def _sign(data: QueryDict, patient: Patient) -> str:
     return signing.dumps(
-        {k: v for k, v in data.items() if k not in IGNORED}, salt=PAYLOAD_SALT, compress=True
+        {k: v for k, v in data.items() if k not in IGNORED}, salt=_salt(patient), compress=True
     )
 
 
-def _unsign(request: HttpRequest) -> dict[str, Any] | None:
+def _unsign(request: HttpRequest, patient: Patient) -> dict[str, Any] | None:
     try:
         data = signing.loads(
-            request.POST.get("payload", ""), salt=PAYLOAD_SALT, max_age=PAYLOAD_MAX_AGE
+            request.POST.get("payload", ""), salt=_salt(patient), max_age=PAYLOAD_MAX_AGE
         )
     except signing.BadSignature:
         return None
     return data if isinstance(data, dict) else None
 
 
-def _bound_data(request: HttpRequest) -> tuple[str, Any]:
+def _bound_data(request: HttpRequest, patient: Patient) -> tuple[str, Any]:
     """(action, the data to bind): "check" binds the posted form; "confirm"
     and "edit" bind the signed payload of the check."""
     action = request.POST.get("action", "check")
     if action in ("confirm", "edit"):
-        data = _unsign(request)
+        data = _unsign(request, patient)
         if data is None:
             return "stale", None
         qd = QueryDict(mutable=True)
@@ -168,7 +173,7 @@ def visit_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         facts = services.pregnancy_facts(user=request.user, patient=patient)
         form = VisitForm(initial={"visit_date": today, "due_date": facts.due_date})
         return _visit_form_page(request, clinic, patient, person, form, facts.due_date, today)
-    action, data = _bound_data(request)
+    action, data = _bound_data(request, patient)
     if action == "stale":
         messages.error(request, _("The confirmation page was too old. Enter the visit again."))
         return redirect("clinics:visit_new", patient.pk)
@@ -211,7 +216,7 @@ def visit_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         age=visit.gestational_age,
         entered=form.entered(),
         warnings=warnings,
-        payload=_sign(form.data),
+        payload=_sign(form.data, patient),
         clinic_only=[
             prenatal.item_label(t.key)
             for t in prenatal.LAB_TESTS
@@ -283,7 +288,7 @@ def delivery_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         form = DeliveryForm(initial=initial)
         babies = baby_formset_class(count)(prefix="baby")
         return _delivery_form_page(request, clinic, patient, person, form, babies, facts.due_date)
-    action, data = _bound_data(request)
+    action, data = _bound_data(request, patient)
     if action == "stale":
         messages.error(request, _("The confirmation page was too old. Enter the birth again."))
         return redirect("clinics:delivery_new", patient.pk)
@@ -332,7 +337,7 @@ def delivery_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             for index, baby in enumerate(delivery.babies)
         ],
         warnings=prenatal.delivery_warnings(delivery),
-        payload=_sign(form.data),
+        payload=_sign(form.data, patient),
     )
     return render(request, "clinics/delivery_confirm.html", context)
 

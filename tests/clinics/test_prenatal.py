@@ -651,6 +651,8 @@ def test_the_family_sees_the_visit_in_her_handbook_at_once(
     assert ("Encounter", "妊婦健康診査", "") in labels
     assert ("Observation", "血圧", "116/70 mmHg") in labels
     assert ("Observation", "尿蛋白", "−") in labels
+    # The gestational age as the handbook writes it, weeks and days.
+    assert ("Observation", "妊娠週数", "26週0日") in labels
     family = selectors.family(user=mother)
     assert family.pregnancy is not None
     assert family.pregnancy.due_date == due
@@ -1242,6 +1244,23 @@ def test_a_visit_goes_through_the_confirmation_page(
     tokens = {t for r in records_of(mother_patient) for t in r.tokens}
     assert f"{LOINC}|85354-9" in tokens
     assert f"{terminology.LOCAL}|hiv-antibody" in tokens
+
+
+def test_a_confirmation_is_good_for_its_own_patient_only(
+    clinician: Any, mother_patient: Any, shared: Any, clinic: Any, due: date
+) -> None:
+    other_mother = f.UserFactory()
+    other = f.make_patient(kind=Patient.Kind.ADULT, given="葵", account=other_mother)
+    share(other_mother, other, clinic)
+    client = client_for(clinician)
+    data = {"visit_date": today().isoformat(), "systolic": "120", "diastolic": "70"}
+    payload = client.post(visit_url(mother_patient), data).context["payload"]
+    # Posted to another patient's page, it is refused as stale.
+    response = client.post(visit_url(other), {"action": "confirm", "payload": payload})
+    assert response.status_code == 302
+    assert response["Location"] == visit_url(other)
+    assert not records_of(other)
+    assert not records_of(mother_patient)
 
 
 def test_an_impossible_value_comes_back_with_its_message(
