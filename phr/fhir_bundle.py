@@ -46,7 +46,8 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 import orjson
 from django.conf import settings
@@ -282,6 +283,19 @@ def _denied(what: str) -> EntryError:
     return EntryError(404, [("", f"{what} is not known")], code="not-found")
 
 
+@dataclass(frozen=True)
+class Written:
+    """What the response and the audit rows need of a row written
+    (RESPONSE_COLUMNS, in order)."""
+
+    id: uuid.UUID
+    resource_type: str
+    version: int
+    last_updated: datetime
+    compartments: list[uuid.UUID]
+    category: str
+
+
 @dataclass
 class Entry:
     index: int
@@ -306,7 +320,7 @@ class Entry:
     error: EntryError | None = None
     # Filled when written:
     status: str = ""
-    row: Resource | None = None
+    row: Resource | Written | None = None
 
     def path(self, relative: str = "") -> str:
         base = f"Bundle.entry[{self.index}]"
@@ -774,8 +788,10 @@ class BundleRun:
         if staged:
             store.write_staged(staged, provenance=provenance, copy=len(staged) > COPY_THRESHOLD)
         ids = [e.id for e in to_write]
-        written_rows = Resource.objects.filter(id__in=ids).only(*RESPONSE_COLUMNS) if ids else []
-        rows = {row.id: row for row in written_rows}
+        # Tuples, not model instances with deferred fields (their __init__
+        # showed in profiles): the response and audit need these columns.
+        found = Resource.objects.filter(id__in=ids).values_list(*RESPONSE_COLUMNS) if ids else []
+        rows = {values[0]: Written(*values) for values in found}
         for entry in entries:
             if entry.matched is not None:
                 entry.row, entry.status = entry.matched, "200 OK"
@@ -788,7 +804,7 @@ class BundleRun:
         if written:
             audit_rows(
                 self.user,
-                written,
+                cast("list[Resource]", written),  # what audit_rows reads, Written has
                 action="fhir.write",
                 detail={"interaction": self.kind, "provenance": provenance.pk},
             )
