@@ -328,7 +328,7 @@ UNION ALL
  ) AS consent
  WHERE starts_at <= $3 AND (ends_at IS NULL OR ends_at > $3) AND revoked_at IS NULL
  GROUP BY grantee_org_id, purpose, categories
- ORDER BY min(created_at), min(id::text))
+ ORDER BY min(created_at), grantee_org_id, purpose, categories)
 """
 _FACTS_STATEMENT = "hagukumi_access_facts"
 
