@@ -32,7 +32,7 @@ help:
 	@echo "make run               set up .venv, migrate, seed the demo data, serve on http://127.0.0.1:$(PORT)/"
 	@echo "make test              ruff check, then pytest (PYTEST_ARGS=... passes arguments on)"
 	@echo "make lint              ruff check"
-	@echo "make bench             python bench/bench_store.py"
+	@echo "make bench             the benchmarks in bench/ (store, access, import, FHIR bundles)"
 	@echo "make stop              stop the embedded development PostgreSQL"
 	@echo "make messages          makemessages -l ja and compilemessages"
 	@echo "make migrations-check  fail if a model change has no migration"
@@ -68,6 +68,9 @@ lint: venv
 bench: export DEBUG := 1
 bench: venv
 	$(PY) bench/bench_store.py
+	$(PY) bench/bench_access.py
+	$(PY) bench/bench_import.py
+	$(PY) bench/bench_fhir_bundle.py
 
 stop: venv
 	$(PY) -m config.devdb stop
