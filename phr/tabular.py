@@ -463,24 +463,27 @@ def rows(stream: IO[str], columns: Sequence[Column], *, skip: int = 0) -> Iterat
                 raise FileError(
                     "csv", f"見出し行が読めません: {error}", f"unreadable header: {error}"
                 ) from None
+            # The reader cannot tell where the broken record ends: a line
+            # it resumed at could be the middle of a row. Stop here rather
+            # than read shifted cells as rows (a resumed job stops here too).
             seen += 1
-            if seen <= skip:
-                continue
-            yield Row(
-                line=line,
-                errors=[
-                    CellError(
-                        line,
-                        "",
-                        "",
-                        "csv",
-                        "CSVとして読めない行です（引用符の閉じ忘れ、または長すぎる値）",
-                        f"the line is not valid CSV (an unclosed quote or a value over "
-                        f"{MAX_FIELD} characters): {error}",
-                    )
-                ],
-            )
-            continue
+            if seen > skip:
+                yield Row(
+                    line=line,
+                    errors=[
+                        CellError(
+                            line,
+                            "",
+                            "",
+                            "csv",
+                            "CSVとして読めない行です（引用符の閉じ忘れ、または長すぎる値）。"
+                            "この行より後は読み込んでいません",
+                            f"the line is not valid CSV (an unclosed quote or a value over "
+                            f"{MAX_FIELD} characters): {error}; nothing after it was read",
+                        )
+                    ],
+                )
+            break
         line = line_before + 1
         line_before = reader.line_num
         if header is None:
