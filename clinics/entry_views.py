@@ -189,7 +189,12 @@ def visit_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             request, clinic, patient, person, form, visit.due_date, visit.visit_date
         )
     facts = services.pregnancy_facts(user=request.user, patient=patient, before=visit.visit_date)
-    warnings = prenatal.visit_warnings(visit, previous_weight=facts.previous_weight)
+    warnings = prenatal.visit_warnings(
+        visit,
+        previous_weight=facts.previous_weight,
+        known_pre_pregnancy_weight=_value(facts.pre_pregnancy_weight),
+        known_height=_value(facts.height),
+    )
     if action == "confirm":
         try:
             result = services.prenatal_visit_record(user=request.user, patient=patient, data=visit)
@@ -226,6 +231,10 @@ def visit_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     return render(request, "clinics/visit_confirm.html", context)
 
 
+def _value(found: tuple[Any, Any] | None) -> Any:
+    return found[1] if found is not None else None
+
+
 def _visit_form_page(
     request: HttpRequest,
     clinic: Organization,
@@ -239,6 +248,10 @@ def _visit_form_page(
     age = prenatal.gestational_age(due_date, day) if due_date else None
     weeks = age.weeks if age is not None and 0 <= age.days <= prenatal.MAX_GESTATION_DAYS else None
     due, other = form.lab_fields(weeks)
+    # What is recorded of the time before the pregnancy: shown, so that a
+    # later visit does not ask again (entering it again corrects it).
+    facts = services.pregnancy_facts(user=request.user, patient=patient)
+    before, height = facts.pre_pregnancy_weight, facts.height
     context = _context(
         request,
         clinic,
@@ -250,6 +263,9 @@ def _visit_form_page(
         due_tests=due,
         other_tests=other,
         clinic_only_keys=[f"lab_{t.key}" for t in prenatal.LAB_TESTS if t.clinic_only],
+        known_pre_pregnancy_weight=before,
+        known_height=height,
+        known_bmi=prenatal.bmi(before[1], height[1]) if before and height else None,
     )
     return render(request, "clinics/visit_form.html", context, status=status)
 

@@ -122,6 +122,10 @@ class VisitForm(RangeCheckedForm):
     fetal_heartbeat = _choice(prenatal.FETAL_HEARTBEAT, label=_("Fetal heartbeat"))
     fetal_heart_rate = _number("fetal_heart_rate", places=0)
     estimated_fetal_weight = _number("estimated_fetal_weight", places=0)
+    # 妊娠前体重 and 身長: asked at the first visit; the page shows what is
+    # recorded, and a later visit enters them only to correct them.
+    pre_pregnancy_weight = _number("pre_pregnancy_weight", places=1)
+    height = _number("body_height", places=1, label=_("Height"))
     notes = forms.CharField(
         label=_("Notes and health guidance"),
         required=False,
@@ -187,6 +191,8 @@ class VisitForm(RangeCheckedForm):
             fetal_heartbeat=cleaned.get("fetal_heartbeat") or "",
             fetal_heart_rate=cleaned.get("fetal_heart_rate"),
             estimated_fetal_weight=cleaned.get("estimated_fetal_weight"),
+            pre_pregnancy_weight=cleaned.get("pre_pregnancy_weight"),
+            height=cleaned.get("height"),
             notes=cleaned.get("notes") or "",
             labs=labs,
         )

@@ -254,6 +254,10 @@ def tests_due(weeks: int | None) -> list[LabTest]:
 # adult who carries a pregnancy; 250 kg is the dictionary's upper bound.
 PRENATAL_BOUNDS: dict[str, tuple[Decimal, Decimal]] = {
     "body_weight": (Decimal(25), Decimal(250)),
+    # The dictionary's height starts at 20 cm for children. The shortest
+    # women known to have carried a pregnancy are about 70 cm tall, so a
+    # woman's height below 60 cm is a slip of the keyboard (15.8 for 158).
+    "body_height": (Decimal(60), Decimal(220)),
 }
 # A newborn's measurements: inside the dictionary's ranges, narrowed to a
 # baby at birth (from 12 weeks on).
@@ -314,6 +318,17 @@ SEVERE_HYPERTENSION = (160, 110)
 WEIGHT_CHANGE_KG_PER_WEEK = Decimal(3)
 # Plt below 15 ×10⁴/µL (150,000/µL) marks organ damage in HDP (standards.md §6).
 LOW_PLATELETS = Decimal(15)
+# The pre-pregnancy weight and the height give the BMI of the JSOG 2021
+# weight-gain guidance. A BMI below 16 (WHO: severe thinness) or of 40 or
+# more (WHO: obesity class III) is possible but rare enough to ask whether
+# the weight or the height was mistyped; so is a woman shorter than 130 cm
+# or taller than 190 cm (the Japanese adult female mean is about 158 cm).
+UNUSUAL_BMI = (Decimal(16), Decimal(40))
+UNUSUAL_HEIGHT_CM = (Decimal(130), Decimal(190))
+# A pre-pregnancy weight more than 20 kg below (or 10 kg above) the weight
+# measured now is unusual: the guidance's largest band is 12-15 kg over the
+# whole pregnancy, and early-pregnancy losses are a few kilograms.
+UNUSUAL_GAIN_KG = (Decimal(-10), Decimal(20))
 # Not in the reference (common obstetric practice; flagged, never refused):
 FETAL_HEART_RATE_NORMAL = (110, 160)  # baseline bpm
 TERM = (37 * 7, 42 * 7)  # term birth: 37w0d to 41w6d
@@ -358,6 +373,10 @@ class Visit:
     fetal_heartbeat: str = ""
     fetal_heart_rate: int | None = None
     estimated_fetal_weight: int | None = None
+    # Before this pregnancy (妊娠前体重) and her height: usually stated at the
+    # first visit; a later visit states them again only to correct them.
+    pre_pregnancy_weight: Decimal | None = None
+    height: Decimal | None = None
     notes: str = ""
     labs: dict[str, LabValue] = field(default_factory=dict)
 
@@ -368,10 +387,38 @@ class Visit:
         return gestational_age(self.due_date, self.visit_date)
 
 
+# The numbers of a visit by form field, with their dictionary item.
+VISIT_NUMBERS = {
+    "systolic": "bp_systolic",
+    "diastolic": "bp_diastolic",
+    "weight": "body_weight",
+    "fundal_height": "fundal_height",
+    "abdominal_circumference": "abdominal_circumference",
+    "fetal_heart_rate": "fetal_heart_rate",
+    "estimated_fetal_weight": "estimated_fetal_weight",
+    "pre_pregnancy_weight": "pre_pregnancy_weight",
+    "height": "body_height",
+}
+
+
 def visit_refusals(visit: Visit) -> dict[str, str]:
-    """What cannot be true about a visit as a whole (each field's own range
-    is checked by the form with `out_of_bounds`): by field, the message."""
+    """What cannot be true about a visit: by field, the message. The form
+    checks each field's range first (with `out_of_bounds`, as here); the
+    service checks again, so a visit built elsewhere is refused alike."""
     errors: dict[str, str] = {}
+    for name, key in VISIT_NUMBERS.items():
+        value = getattr(visit, name)
+        message = out_of_bounds(key, value) if value is not None else None
+        if message:
+            errors[name] = message
+    for test in LAB_TESTS:
+        value = visit.labs.get(test.key)
+        if test.kind == "quantity" and isinstance(value, Decimal | int):
+            message = out_of_bounds(test.key, value)
+            if message:
+                errors[f"lab_{test.key}"] = message
+    if errors:
+        return errors
     if (visit.systolic is None) != (visit.diastolic is None):
         field_name = "diastolic" if visit.diastolic is None else "systolic"
         errors[field_name] = str(_("Enter both the systolic and the diastolic pressure."))
@@ -393,10 +440,85 @@ def visit_refusals(visit: Visit) -> dict[str, str]:
     return errors
 
 
-def visit_warnings(
-    visit: Visit, *, previous_weight: tuple[date, Decimal] | None = None
+def bmi(weight: Decimal, height_cm: Decimal) -> Decimal:
+    """Body mass index, kg/m², to one decimal."""
+    return (weight / (height_cm / 100) ** 2).quantize(Decimal("0.1"))
+
+
+def _body_warnings(
+    visit: Visit,
+    *,
+    previous_weight: tuple[date, Decimal] | None,
+    known_pre_pregnancy_weight: Decimal | None,
+    known_height: Decimal | None,
 ) -> list[Finding]:
-    """Unusual values the person entering them confirms before saving."""
+    """Unusual pre-pregnancy weight and height, checked when this visit
+    states one of them (a value recorded earlier was confirmed then)."""
+    found: list[Finding] = []
+    if visit.height is not None and not (
+        UNUSUAL_HEIGHT_CM[0] <= visit.height <= UNUSUAL_HEIGHT_CM[1]
+    ):
+        found.append(
+            Finding(
+                "height",
+                str(
+                    _("A height of %(height)s cm is unusual (below 130 or above 190 cm).")
+                    % {"height": visit.height}
+                ),
+            )
+        )
+    if visit.pre_pregnancy_weight is None and visit.height is None:
+        return found
+    before = visit.pre_pregnancy_weight or known_pre_pregnancy_weight
+    height = visit.height or known_height
+    if before is not None and height is not None:
+        index = bmi(before, height)
+        if not UNUSUAL_BMI[0] <= index < UNUSUAL_BMI[1]:
+            found.append(
+                Finding(
+                    "pre_pregnancy_weight" if visit.pre_pregnancy_weight else "height",
+                    str(
+                        _(
+                            "The pre-pregnancy BMI would be %(bmi)s (%(weight)s kg, %(height)s "
+                            "cm): below 16 or 40 or more is unusual. Check the weight and the "
+                            "height."
+                        )
+                        % {"bmi": index, "weight": before, "height": height}
+                    ),
+                )
+            )
+    now = visit.weight
+    if now is None and previous_weight is not None:
+        now = previous_weight[1]
+    if visit.pre_pregnancy_weight is not None and now is not None:
+        gain = now - visit.pre_pregnancy_weight
+        if not UNUSUAL_GAIN_KG[0] <= gain <= UNUSUAL_GAIN_KG[1]:
+            found.append(
+                Finding(
+                    "pre_pregnancy_weight",
+                    str(
+                        _(
+                            "The pre-pregnancy weight %(before)s kg is %(gain)s kg from the "
+                            "weight in pregnancy (%(now)s kg): more than 10 kg lost or 20 kg "
+                            "gained is unusual."
+                        )
+                        % {"before": visit.pre_pregnancy_weight, "gain": f"{gain:+.1f}", "now": now}
+                    ),
+                )
+            )
+    return found
+
+
+def visit_warnings(
+    visit: Visit,
+    *,
+    previous_weight: tuple[date, Decimal] | None = None,
+    known_pre_pregnancy_weight: Decimal | None = None,
+    known_height: Decimal | None = None,
+) -> list[Finding]:
+    """Unusual values the person entering them confirms before saving.
+    `previous_weight` is the latest prenatal weight before the visit; the
+    `known_` values are the pre-pregnancy weight and height recorded before."""
     found: list[Finding] = []
     if visit.systolic is not None and visit.diastolic is not None:
         bp = f"{visit.systolic}/{visit.diastolic} mmHg"
@@ -465,6 +587,12 @@ def visit_warnings(
                 str(_("The visit is at %(age)s: 42 weeks or more.") % {"age": age}),
             )
         )
+    found += _body_warnings(
+        visit,
+        previous_weight=previous_weight,
+        known_pre_pregnancy_weight=known_pre_pregnancy_weight,
+        known_height=known_height,
+    )
     return found
 
 
@@ -621,6 +749,8 @@ VISIT_ITEMS = (
     "fetal_heartbeat",
     "fetal_heart_rate",
     "estimated_fetal_weight",
+    "pre_pregnancy_weight",
+    "body_height",
     "prenatal_note",
     *(test.key for test in LAB_TESTS),
 )
@@ -743,6 +873,16 @@ def visit_resources(
             "imaging",
             valueQuantity=common.quantity(visit.estimated_fetal_weight, "g"),
         )
+    if visit.pre_pregnancy_weight is not None:
+        # Reported at this visit, about the time before the pregnancy: the
+        # HL7 vital-records IGs record 56077-1 as a vital sign the same way.
+        add(
+            "pre_pregnancy_weight",
+            "vital-signs",
+            valueQuantity=common.quantity(visit.pre_pregnancy_weight, "kg"),
+        )
+    if visit.height is not None:
+        add("body_height", "vital-signs", valueQuantity=common.quantity(visit.height, "cm"))
     if visit.notes.strip():
         add("prenatal_note", "exam", valueString=visit.notes.strip())
     for test in LAB_TESTS:

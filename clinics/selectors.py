@@ -765,7 +765,9 @@ def _pregnancy_records(user: Any, patient_ids: Sequence[uuid.UUID]) -> list[Reso
     )
 
 
-def _latest_value(rows: Iterable[Resource], key: str) -> Decimal | None:
+def _latest_value(
+    rows: Iterable[Resource], key: str, *, since: date | None = None
+) -> Decimal | None:
     item = terminology.items().get(key)
     if item is None:
         return None
@@ -776,6 +778,7 @@ def _latest_value(rows: Iterable[Resource], key: str) -> Decimal | None:
         if r.resource_type == "Observation"
         and r.status not in OBSERVATION_VOID
         and tokens.intersection(r.tokens)
+        and (since is None or (_local_day(r) or since) >= since)
     ]
     found.sort(key=lambda r: (r.date_start is not None, r.date_start or 0, r.last_updated))
     for row in reversed(found):
@@ -785,16 +788,27 @@ def _latest_value(rows: Iterable[Resource], key: str) -> Decimal | None:
     return None
 
 
-def _pre_pregnancy(rows: Sequence[Resource]) -> tuple[Decimal | None, Decimal | None]:
+@dataclass(frozen=True)
+class PrePregnancy:
+    """What the weight-gain flag starts from: the pre-pregnancy weight (kg)
+    of this pregnancy, the latest height (cm) and the BMI."""
+
+    weight: Decimal | None = None
+    height: Decimal | None = None
+    bmi: Decimal | None = None
+
+
+def _pre_pregnancy(rows: Sequence[Resource], *, since: date | None = None) -> PrePregnancy:
     """Pre-pregnancy weight (kg) and BMI, when recorded; the BMI from the
-    weight and the latest height when it is not."""
-    weight = _latest_value(rows, PRE_PREGNANCY_WEIGHT)
-    bmi = _latest_value(rows, PRE_PREGNANCY_BMI)
-    if bmi is None and weight is not None:
-        height = _latest_value(rows, "body_height")
-        if height:
-            bmi = weight / (height / 100) ** 2
-    return weight, bmi
+    weight and the latest height when it is not. A pre-pregnancy weight
+    recorded before `since` (the pregnancy's start) was about an earlier
+    pregnancy and is not used; a height is a height."""
+    weight = _latest_value(rows, PRE_PREGNANCY_WEIGHT, since=since)
+    bmi = _latest_value(rows, PRE_PREGNANCY_BMI, since=since)
+    height = _latest_value(rows, "body_height")
+    if bmi is None and weight is not None and height:
+        bmi = (weight / (height / 100) ** 2).quantize(Decimal("0.1"))
+    return PrePregnancy(weight=weight, height=height, bmi=bmi)
 
 
 def _is_current_flag(row: Resource, today: date) -> bool:
@@ -809,6 +823,7 @@ class PregnancyFacts:
     visits: list[Visit]
     risk: list[RiskFlag]
     flag_records: list[FlagLine]
+    pre_pregnancy: PrePregnancy = field(default_factory=PrePregnancy)
 
     @property
     def flag_lines(self) -> list[FlagLine]:
@@ -826,16 +841,18 @@ def pregnancy_facts(
     if since is None and due is not None:
         since = due - LONGEST_PREGNANCY
     visits = prenatal_visits(rows, since=since, due_date=due)
-    weight, bmi = _pre_pregnancy(rows)
+    before = _pre_pregnancy(rows, since=since)
     risk = risk_flags(
-        [v.measures() for v in visits], pre_pregnancy_weight=weight, pre_pregnancy_bmi=bmi
+        [v.measures() for v in visits],
+        pre_pregnancy_weight=before.weight,
+        pre_pregnancy_bmi=before.bmi,
     )
     flags = [
         FlagLine(concept_text(r.content.get("code")) or gettext("Alert"))
         for r in sorted(rows, key=lambda r: r.last_updated, reverse=True)
         if _is_current_flag(r, today)
     ]
-    return PregnancyFacts(visits=visits, risk=risk, flag_records=flags)
+    return PregnancyFacts(visits=visits, risk=risk, flag_records=flags, pre_pregnancy=before)
 
 
 @dataclass

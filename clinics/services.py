@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy as _
 
 from clinics import prenatal
 from clinics.models import ClinicInvitation
+from clinics.selectors import LONGEST_PREGNANCY
 from municipal_data.linking import code_display, code_generate, code_hash, code_normalise
 from phr import selectors as phr_selectors
 from phr import services as phr_services
@@ -61,6 +62,8 @@ from sharing.access import (
 # (jp_core_reference.csv; phr/demo.py CLINIC_PATIENT_SYSTEM).
 CLINIC_PATIENT_SYSTEM = "urn:oid:1.2.392.100495.20.3.51.1{code}"
 BODY_WEIGHT_TOKEN = f"{LOINC}|29463-7"
+PRE_PREGNANCY_WEIGHT_TOKEN = f"{LOINC}|56077-1"
+BODY_HEIGHT_TOKEN = f"{LOINC}|8302-2"
 
 
 # --------------------------------------------------------------------------
@@ -128,39 +131,80 @@ def _audit(
 
 @dataclass(frozen=True)
 class PregnancyFacts:
-    """The active pregnancy the user may see, its due date, and the latest
-    prenatal body weight before a day (for the weight-change warning)."""
+    """The active pregnancy the user may see, its due date, the latest
+    prenatal body weight before a day (for the weight-change warning), and
+    the pre-pregnancy weight of this pregnancy and the latest height
+    recorded (shown on the visit form; they give the pre-pregnancy BMI)."""
 
     episode_id: uuid.UUID | None
     due_date: date | None
     previous_weight: tuple[date, Decimal] | None
+    pre_pregnancy_weight: tuple[date, Decimal] | None = None
+    height: tuple[date, Decimal] | None = None
+
+
+def _latest_quantity(
+    user: Any,
+    patient: Patient,
+    token: str,
+    unit: str,
+    *,
+    category: str | None = None,
+    since: date | None = None,
+    before: date | None = None,
+) -> tuple[date, Decimal] | None:
+    """(day, value) of the latest visible Observation of `patient` with
+    this code and unit, optionally of a category and within days."""
+    rows = Resource.objects.filter(
+        visible_records(user, Purpose.CARE),
+        resource_type="Observation",
+        compartments__overlap=[patient.pk],
+        tokens__contains=[token],
+        quantity_code=unit,
+        deleted=False,
+    )
+    if category is not None:
+        rows = rows.filter(category=category)
+    if since is not None:
+        rows = rows.filter(date_start__gte=_day_start(since))
+    if before is not None:
+        rows = rows.filter(date_start__lt=_day_start(before))
+    row = (
+        rows.order_by(F("date_start").desc(nulls_last=True))
+        .values_list("date_start", "quantity_value")
+        .first()
+    )
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return timezone.localtime(row[0], phr_selectors.JAPAN).date(), Decimal(row[1])
 
 
 def pregnancy_facts(*, user: Any, patient: Patient, before: date | None = None) -> PregnancyFacts:
     summary = phr_selectors.pregnancy_summary(user=user, patient=patient)
     previous = None
     if before is not None:
-        row = (
-            Resource.objects.filter(
-                visible_records(user, Purpose.CARE),
-                resource_type="Observation",
-                compartments__overlap=[patient.pk],
-                tokens__contains=[BODY_WEIGHT_TOKEN],
-                category=Category.PRENATAL_CHECKUPS,
-                quantity_code="kg",
-                date_start__lt=_day_start(before),
-            )
-            .order_by(F("date_start").desc(nulls_last=True))
-            .values_list("date_start", "quantity_value")
-            .first()
+        previous = _latest_quantity(
+            user,
+            patient,
+            BODY_WEIGHT_TOKEN,
+            "kg",
+            category=Category.PRENATAL_CHECKUPS,
+            before=before,
         )
-        if row is not None and row[0] is not None and row[1] is not None:
-            day = timezone.localtime(row[0], phr_selectors.JAPAN).date()
-            previous = (day, Decimal(row[1]))
+    # A pre-pregnancy weight belongs to one pregnancy: one recorded before
+    # this pregnancy began was about an earlier one (the portal's rule,
+    # clinics.selectors.pregnancy_facts).
+    started = summary.started if summary else None
+    if started is None and summary is not None and summary.due_date is not None:
+        started = summary.due_date - LONGEST_PREGNANCY
     return PregnancyFacts(
         episode_id=summary.episode_id if summary else None,
         due_date=summary.due_date if summary else None,
         previous_weight=previous,
+        pre_pregnancy_weight=_latest_quantity(
+            user, patient, PRE_PREGNANCY_WEIGHT_TOKEN, "kg", since=started
+        ),
+        height=_latest_quantity(user, patient, BODY_HEIGHT_TOKEN, "cm"),
     )
 
 

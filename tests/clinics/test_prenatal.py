@@ -76,6 +76,8 @@ def full_visit(**changes: Any) -> prenatal.Visit:
         "fetal_heartbeat": "present",
         "fetal_heart_rate": 145,
         "estimated_fetal_weight": 820,
+        "pre_pregnancy_weight": Decimal("52.0"),
+        "height": Decimal("158.0"),
         "notes": "経過良好",
         "labs": {
             "blood_type_abo": "A",
@@ -361,6 +363,8 @@ def visits(draw: Any) -> prenatal.Visit:
         fetal_heartbeat=draw(_code(prenatal.FETAL_HEARTBEAT)),
         fetal_heart_rate=draw(_optional(_in_bounds("fetal_heart_rate"))),
         estimated_fetal_weight=draw(_optional(_in_bounds("estimated_fetal_weight"))),
+        pre_pregnancy_weight=draw(_optional(_in_bounds("pre_pregnancy_weight", 1))),
+        height=draw(_optional(_in_bounds("body_height", 1))),
         notes=draw(st.text(max_size=40).filter(lambda s: "\x00" not in s)),
         labs=labs,
     )
