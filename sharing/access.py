@@ -912,3 +912,40 @@ def may_write(user: Any, patient: Patient | uuid.UUID, *, category: str) -> Deci
                 organization_id=registered_by,
             )
     return DENY
+
+
+# --------------------------------------------------------------------------
+# Matching a clinic system's Patient (the clinics issue, part 5): whom a
+# clinic may be told is known here
+# --------------------------------------------------------------------------
+
+
+def may_know(user: Any, patient: Patient | uuid.UUID, *, clinic_id: int) -> Decision:
+    """May `user`, writing for clinic `clinic_id`, have a Patient its system
+    sends matched to `patient` (by an identifier she carries)?
+
+    Yes when an active care consent names that clinic (any categories: the
+    consent lets the clinic read her Patient resource already, so a match
+    reveals nothing new), or the clinic registered her and she has not
+    linked an account yet (may_write's clinic_registered rule). No for
+    DV-blocked users, staff without MFA and everyone else — who must learn
+    nothing, so callers treat "no" exactly like a person who is not here."""
+    patient_id = patient.pk if isinstance(patient, Patient) else patient
+    if patient_id in blocked_patients(user):
+        return DV_BLOCKED
+    for grant in _grants(user):
+        if (
+            grant.rule == "consent"
+            and grant.role == Role.CLINIC_STAFF
+            and grant.organization_id == clinic_id
+            and grant.names(patient_id)
+        ):
+            return _decision(grant, patient_id)
+    # "" asks about no category: consents do not answer it, so only the
+    # registration rule can (as fhir_bundle asks for the Patient itself).
+    registered = may_write(user, patient_id, category="")
+    if not registered:
+        return registered  # the reason (no MFA, none)
+    if registered.rule == CLINIC_REGISTERED.rule and registered.organization_id == clinic_id:
+        return registered
+    return DENY  # registered by another clinic of the user's
