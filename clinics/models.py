@@ -9,6 +9,11 @@ register; a clinic's invitation names one patient and the clinic, so it is
 its own small table built from the same primitives (the code alphabet,
 normalising, SHA-256 at rest, single use, expiry, a lock after wrong
 attempts).
+
+PatientAlias and PatientMatchReview: a Patient a clinic's system sends
+(POST /fhir Bundles, clinic feed pulls) is matched by identifier to a person
+known here (clinics/matching.py, docs/decisions/0011-fhir-bundles.md,
+"Matching a clinic's Patient").
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -86,3 +92,55 @@ class ClinicInvitation(models.Model):
     @property
     def status(self) -> str:
         return self.status_at()
+
+
+class PatientAlias(models.Model):
+    """The id a clinic system's own id for a patient would give (a feed's
+    uuid5 of server base and `Patient/123`), standing for the person known
+    here it was matched to, so that the server's references to her resolve
+    to her on every later page. Scoped to the clinic: another clinic's
+    references never go through it."""
+
+    organization = models.ForeignKey("phr.Organization", models.PROTECT, related_name="+")
+    alias = models.UUIDField()
+    patient = models.ForeignKey("phr.Patient", models.CASCADE, related_name="+")
+    # The source as the clinic named her (server base, "Patient/123").
+    source_system = models.CharField(max_length=300)
+    source_value = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # one meaning per id and clinic; a page read twice adds nothing
+            models.UniqueConstraint(
+                fields=["organization", "alias"], name="clinics_patientalias_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_value} @ {self.organization_id} → {self.patient_id}"
+
+
+class PatientMatchReview(models.Model):
+    """A Patient a clinic's system sent whose identifiers named more than one
+    person the clinic may know: nothing was guessed, she was registered
+    anew (`registered`), and this row waits for someone to decide whether
+    she is one of `candidates` (phr.identity.patient_merge joins them)."""
+
+    clinic = models.ForeignKey("phr.Organization", models.PROTECT, related_name="+")
+    registered = models.OneToOneField("phr.Patient", models.CASCADE, related_name="+")
+    candidates = ArrayField(models.UUIDField())
+    # The identifiers (system|value) that named the candidates.
+    identifiers = ArrayField(models.CharField(max_length=500))
+    # What sent her: "fhir-bundle:transaction", "feed:<source>:<run>".
+    source = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # serves the review list: a clinic's questions, newest first
+            models.Index(fields=["clinic", "-created_at"], name="clinics_matchreview_clinic"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.registered_id}: {len(self.candidates)} candidates"
