@@ -26,6 +26,13 @@ docs/decisions/0011-fhir-bundles.md, "Clinic feed pulls".
   are registered by the clinic (identity row + resource, provenance of the
   feed run: origin clinic), so their records follow; a record about any
   other patient is refused as "not known" unless a consent covers it.
+- Unless she is known here: a Patient whose identifiers name exactly one
+  person the clinic may know (sharing.access.may_know; clinics/matching.py)
+  is linked to her — no new identity, her Patient resource gains the
+  server's identifiers — and an alias (clinics.PatientAlias: the id the
+  server's `Patient/123` derives, for this clinic) makes the server's
+  references to her, on this page and every later one, land in her
+  record. Several such persons: registered anew, noted for review.
 """
 
 from __future__ import annotations
@@ -33,22 +40,43 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from clinics import matching
 from phr import feeds, indexing, store
 from phr.fhir import FhirValidationError, validate_resource
 from phr.fhir_bundle import BUNDLE_TYPES, check_codes
 from phr.models import Batch, Organization, Patient, Provenance, Resource, Role
 from phr.pipeline import PipelineFormat, format_register
 from phr.tabular import FileError, Row
+from sharing.access import Decision
 
 FORMAT_KEY = "clinic_fhir"
 CURSOR_PARAM = "_lastUpdated"
 _TYPE_ID = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 _ABSOLUTE = re.compile(r"^(https?://.+/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/.*)?$")
+
+
+@dataclass
+class _Record:
+    """What writing a good entry needs (Row.record of this format)."""
+
+    resource: dict[str, Any]
+    source: store.Source
+    id: uuid.UUID
+    fields: indexing.IndexFields | None = None
+    new_patient: bool = False
+    # A Patient linked to a person known here: the policy point's decision,
+    # and the id the server's own id derives (the alias to remember).
+    link: Decision | None = None
+    alias: uuid.UUID | None = None
+    # A new registration whose identifiers named several persons: them.
+    review: list[uuid.UUID] = field(default_factory=list)
+    review_tokens: list[str] = field(default_factory=list)
 
 
 def _entries(body: bytes) -> list[tuple[str | None, Any]]:
@@ -117,8 +145,12 @@ class _Page:
             c.pk == self.clinic.pk for c in organizations_for(self.user, Role.CLINIC_STAFF)
         )
         self._decisions: dict[tuple[uuid.UUID, str], bool] = {}
+        self._known: dict[uuid.UUID, Decision] = {}
         self.rows: list[Row] = []
         self.registered: set[uuid.UUID] = set()
+        # The server's patients (the id their own id derives) that stand
+        # for persons known here: derived id → her id.
+        self.resolved: dict[uuid.UUID, uuid.UUID] = {}
         entries = _entries(body)
         prepared = []
         for number, (full_url, resource) in enumerate(entries, start=1):
@@ -127,13 +159,94 @@ class _Page:
             item = self._check(row, full_url, resource)
             if item is not None:
                 prepared.append((row, *item))
+        # Before references are rewritten: which patients are known here.
+        links = self._resolve_patients(prepared)
         for _row, resource, source, _rid in prepared:
             self._rewrite(resource, source.system)
         # Patients first: their records follow them.
         for row, resource, source, rid in sorted(
             prepared, key=lambda p: p[1]["resourceType"] != "Patient"
         ):
-            self._authorise(row, resource, source, rid)
+            self._authorise(row, resource, source, rid, links.get(rid))
+
+    def _knowable(self, patient_id: uuid.UUID) -> Decision | None:
+        """The policy point's yes to this clinic knowing her, or None."""
+        from sharing.access import may_know
+
+        if patient_id not in self._known:
+            self._known[patient_id] = (
+                may_know(self.user, patient_id, clinic_id=self.clinic.pk)
+                if self.user is not None
+                else Decision(False, "default_deny", "")
+            )
+        decision = self._known[patient_id]
+        return decision if decision else None
+
+    def _resolve_patients(
+        self, prepared: list[tuple[Row, dict[str, Any], store.Source, uuid.UUID]]
+    ) -> dict[uuid.UUID, _Record]:
+        """Which of the server's patients (on this page, or referred to)
+        are persons known here, and the links the page's Patient entries
+        make. A server patient registered here under its own id stays
+        that; else an alias from an earlier link (while the clinic may
+        still know her); else, for a Patient entry, the one person its
+        identifiers name whom the clinic may know. Fills self.resolved;
+        returns the links by the entry's derived id."""
+        referred: set[uuid.UUID] = set()
+        for _row, resource, source, rid in prepared:
+            if resource["resourceType"] == "Patient":
+                referred.add(rid)
+            for reference in self._patient_references(resource, source.system):
+                referred.add(reference)
+        if not referred:
+            return {}
+        registered = set(Patient.objects.filter(pk__in=referred).values_list("pk", flat=True))
+        for alias, patient_id in matching.aliases_for(
+            self.clinic, [p for p in referred if p not in registered]
+        ).items():
+            if self._knowable(patient_id) is not None:
+                self.resolved[alias] = patient_id
+        links: dict[uuid.UUID, _Record] = {}
+        for _row, resource, source, rid in prepared:
+            if resource["resourceType"] != "Patient" or rid in registered:
+                continue
+            record = _Record(resource, source, rid, alias=rid)
+            if rid in self.resolved:
+                record.link = self._knowable(self.resolved[rid])
+                record.id = self.resolved[rid]
+                links[rid] = record
+                continue
+            tokens = matching.identifier_tokens(resource)
+            known = (
+                matching.patients_known_to(self.user, clinic=self.clinic, tokens=tokens)
+                if self.user is not None
+                else []
+            )
+            if len(known) == 1:
+                record.id, record.link = known[0]
+                self.resolved[rid] = record.id
+            elif known:
+                record.review = [patient_id for patient_id, _ in known]
+                record.review_tokens = tokens
+            links[rid] = record
+        return links
+
+    def _patient_references(self, resource: dict[str, Any], base: str) -> Iterator[uuid.UUID]:
+        """The derived ids of the server's Patient references in a resource."""
+        stack: list[Any] = [resource]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                reference = node.get("reference")
+                if isinstance(reference, str):
+                    if reference.startswith(base):
+                        reference = reference[len(base) :]
+                    match = _TYPE_ID.match(reference)
+                    if match is not None and match.group(1) == "Patient":
+                        yield store.source_resource_id("Patient", store.Source(base, reference))
+                stack.extend(v for v in node.values() if isinstance(v, dict | list))
+            elif isinstance(node, list):
+                stack.extend(v for v in node if isinstance(v, dict | list))
 
     def _check(
         self, row: Row, full_url: str | None, resource: Any
@@ -206,6 +319,7 @@ class _Page:
                     if match is not None and match.group(1) in indexing.SUPPORTED_TYPES:
                         kind = match.group(1)
                         ours = store.source_resource_id(kind, store.Source(base, reference))
+                        ours = self.resolved.get(ours, ours)  # a patient known here
                         node["reference"] = f"{kind}/{ours}"
                 stack.extend(v for v in node.values() if isinstance(v, dict | list))
             elif isinstance(node, list):
@@ -226,15 +340,28 @@ class _Page:
         return self._decisions[key]
 
     def _authorise(
-        self, row: Row, resource: dict[str, Any], source: store.Source, rid: uuid.UUID
+        self,
+        row: Row,
+        resource: dict[str, Any],
+        source: store.Source,
+        rid: uuid.UUID,
+        link: _Record | None = None,
     ) -> None:
         kind = resource["resourceType"]
         fields = None
         if kind == "Patient":
+            if link is not None and link.link is not None:
+                # Linked to a person the policy point lets the clinic know
+                # (may_know): the link adds identifiers only.
+                row.record = link
+                return
             exists = Patient.objects.filter(pk=rid).exists()
             if not exists and self.may_register:
                 self.registered.add(rid)
-                row.record = (resource, source, rid, None, True)
+                row.record = _Record(resource, source, rid, new_patient=True)
+                if link is not None:
+                    row.record.review = link.review
+                    row.record.review_tokens = link.review_tokens
                 return
             patients, category = [rid], ""
         else:
@@ -253,7 +380,7 @@ class _Page:
                     "This patient is not known.",
                 )
                 return
-        row.record = (resource, source, rid, fields, False)
+        row.record = _Record(resource, source, rid, fields)
 
 
 def read(batch: Batch, raw: IO[bytes], skip: int) -> tuple[Iterator[Row], str]:
@@ -263,13 +390,13 @@ def read(batch: Batch, raw: IO[bytes], skip: int) -> tuple[Iterator[Row], str]:
 
 def plan(batch: Batch, rows: list[Row], state: dict[str, Any]) -> dict[str, int]:
     """What writing would do, for the upload screens (feeds write at once)."""
-    ids = [row.record[2] for row in rows if row.record is not None]
+    ids = [row.record.id for row in rows if row.record is not None]
     existing = set(Resource.objects.filter(id__in=ids).values_list("id", flat=True))
     new = sum(1 for rid in ids if rid not in existing)
     return {
         "created": new,
         "updated": len(ids) - new,
-        "new_patients": sum(1 for row in rows if row.record is not None and row.record[4]),
+        "new_patients": sum(1 for row in rows if row.record is not None and row.record.new_patient),
     }
 
 
@@ -279,28 +406,59 @@ def apply(batch: Batch, rows: list[Row], provenance: Provenance) -> dict[str, in
     from phr.fhir_bundle import _patient_kind
     from phr.services import patient_create
 
-    records = [row.record for row in rows if row.record is not None]
-    new_patients = 0
+    records: list[_Record] = [row.record for row in rows if row.record is not None]
+    new_patients = linked = linked_unchanged = 0
     staged = []
-    for resource, source, rid, fields, new_patient in sorted(
-        records, key=lambda r: r[0]["resourceType"] != "Patient"
-    ):
-        content = {k: v for k, v in resource.items() if k != "id"}
-        if new_patient and not Patient.objects.filter(pk=rid).exists():
+    user = _acting_user(batch)
+    for record in sorted(records, key=lambda r: r.resource["resourceType"] != "Patient"):
+        content = {k: v for k, v in record.resource.items() if k != "id"}
+        if record.link is not None:
+            assert record.alias is not None
+            matching.alias_record(
+                clinic=batch.organization,
+                alias=record.alias,
+                patient_id=record.id,
+                source=record.source,
+            )
+            changed = matching.patient_link(
+                patient_id=record.id,
+                identifiers=matching.identifiers_of(content),
+                user=user,
+                decision=record.link,
+                provenance=provenance,
+                source=provenance.source or f"batch:{batch.pk}",
+                action="feed.patient_link",
+            )
+            if changed:
+                linked += 1
+            else:
+                linked_unchanged += 1
+            continue
+        if record.new_patient and not Patient.objects.filter(pk=record.id).exists():
             patient_create(
                 kind=_patient_kind(content),
                 resource=content,
                 provenance=provenance,
-                patient_id=rid,
+                patient_id=record.id,
             )
+            if record.review:
+                matching.review_note(
+                    clinic=batch.organization,
+                    registered_id=record.id,
+                    candidates=record.review,
+                    tokens=record.review_tokens,
+                    source=provenance.source or f"batch:{batch.pk}",
+                )
             new_patients += 1
             continue
-        staged.append(store.stage(content, source=source, resource_id=rid, fields=fields))
+        staged.append(
+            store.stage(content, source=record.source, resource_id=record.id, fields=record.fields)
+        )
     result = store.write_staged(staged, provenance=provenance, copy=len(staged) > 20)
     return {
         "created": len(result.created) + new_patients,
-        "updated": len(result.updated),
-        "unchanged": len(result.unchanged),
+        "updated": len(result.updated) + linked,
+        "unchanged": len(result.unchanged) + linked_unchanged,
         "new_patients": new_patients,
     }
 

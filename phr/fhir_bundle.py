@@ -29,7 +29,10 @@ transaction and batch"):
    record's data category, or a patient their clinic registered). A
    denied entry reads like a missing patient: 404. Clinic staff may
    register a new Patient (an adult: a pregnant patient), which their
-   clinic then writes for.
+   clinic then writes for — unless her identifiers name exactly one
+   person the clinic may know (a care consent, or its own registration):
+   then the entry is linked to her (clinics/matching.py) and the Bundle's
+   references to it land in her record.
 6. A transaction is all or nothing in one database transaction: any
    failing entry → 400 (or the entries' common status) with one
    OperationOutcome naming every failing entry ("Bundle.entry[3].resource
@@ -57,6 +60,7 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from clinics import matching
 from phr import fhir_search, indexing, store
 from phr.fhir import FhirValidationError, fhir_instant, operation_outcome, validate_resource
 from phr.fhir_api import (
@@ -312,6 +316,13 @@ class Entry:
     existing: Resource | None = None  # the current row (PUT, or a source id that exists)
     matched: Resource | None = None  # conditional create: the record found instead
     new_patient: bool = False
+    # A clinic's Patient matched by identifier to a person it may know: the
+    # policy point's decision (clinics/matching.py).
+    link: Decision | None = None
+    # A new registration whose identifiers named several such persons: them,
+    # and the identifiers, for the review note.
+    review: list[uuid.UUID] = field(default_factory=list)
+    review_tokens: list[str] = field(default_factory=list)
     compartments: list[uuid.UUID] = field(default_factory=list)
     category: str = ""
     fields: indexing.IndexFields | None = None  # the search index, computed once
@@ -533,6 +544,11 @@ class BundleRun:
         # random one), before references to its fullUrl are rewritten.
         for entry in good:
             self._guard(entry, self._match)
+        # A clinic's Patient lands on its own registration, or on the one
+        # person its identifiers name whom the clinic may know, before
+        # references to its fullUrl are rewritten.
+        for entry in good:
+            self._guard(entry, self._place_patient)
         full_urls = self._full_urls(good)
         for entry in good:
             self._guard(entry, lambda e: self._rewrite_references(e, full_urls))
@@ -582,6 +598,57 @@ class BundleRun:
             entry.id = store.source_resource_id(entry.resource_type, entry.source)
         else:
             entry.id = uuid.uuid4()
+
+    def _place_patient(self, entry: Entry) -> None:
+        """Where a clinic's Patient (POST, or PUT Patient?identifier=…)
+        lands (0011, "Matching a clinic's Patient"):
+
+        1. a Patient this clinic registered from the same identifier (its
+           clinic-scoped id; or the plain source id earlier registrations
+           used) that it may still update: updated, as before;
+        2. else the one person carrying one of its identifiers whom the
+           clinic may know (sharing.access.may_know): linked to her;
+        3. else a new registration at the clinic-scoped id — also when
+           several persons matched (noted for review, nothing guessed).
+
+        Only the clinic's own registrations and the persons it may know
+        take part, so a clinic without a right to her gets what an unknown
+        identifier gets."""
+        if (
+            entry.resource_type != "Patient"
+            or self.clinic is None
+            or entry.matched is not None
+            or entry.source is None
+        ):
+            return
+        if entry.method == "PUT" and _TYPE_QUERY.match(entry.url) is None:
+            return  # PUT Patient/<id> names the record itself
+        assert entry.id is not None
+        own = matching.clinic_patient_id(self.clinic.pk, entry.source)
+        for registered in dict.fromkeys((own, entry.id)):
+            if self._may_update_patient(registered):
+                entry.id = registered
+                return
+        tokens = matching.identifier_tokens(entry.resource, source=entry.source)
+        known = matching.patients_known_to(self.user, clinic=self.clinic, tokens=tokens)
+        if len(known) == 1:
+            entry.id, entry.link = known[0]
+            return
+        entry.id = own
+        if known:
+            entry.review = [patient_id for patient_id, _ in known]
+            entry.review_tokens = tokens
+
+    def _may_update_patient(self, patient_id: uuid.UUID) -> bool:
+        """Is there a Patient at this id that this client may read and
+        update (its own registration)?"""
+        row = Resource.objects.filter(pk=patient_id, resource_type="Patient").defer("content")
+        found = row.first()
+        return (
+            found is not None
+            and self._visible(found) is not None
+            and bool(self.decision(patient_id, ""))
+        )
 
     def _full_urls(self, entries: list[Entry]) -> dict[str, str]:
         """fullUrl → "Type/id" for the references of a transaction (a
@@ -637,6 +704,19 @@ class BundleRun:
         assert entry.id is not None
         if entry.matched is not None:
             return  # the client may read it: found among what it may read
+        if entry.link is not None:
+            # Matched by identifier to a person the policy point lets the
+            # clinic know (may_know): the link adds identifiers only.
+            entry.compartments = [entry.id]
+            if entry.existing is None:
+                raise _denied(f"Patient/{entry.id}")  # her resource is gone meanwhile
+            if entry.if_match is not None and entry.if_match != entry.existing.version:
+                raise EntryError(
+                    412,
+                    [("request.ifMatch", f"Version {entry.if_match} is not the current version")],
+                    code="conflict",
+                )
+            return
         if entry.existing is not None:
             if (
                 entry.existing.resource_type != entry.resource_type
@@ -766,6 +846,17 @@ class BundleRun:
         for entry in to_write:
             assert entry.id is not None
             resource = {k: v for k, v in entry.resource.items() if k != "id"}
+            if entry.link is not None:
+                matching.patient_link(
+                    patient_id=entry.id,
+                    identifiers=matching.identifiers_of(resource),
+                    user=self.user,
+                    decision=entry.link,
+                    provenance=provenance,
+                    source=f"{PROVENANCE_SOURCE}:{self.kind}",
+                    action="fhir.patient_link",
+                )
+                continue
             if entry.resource_type == "Patient" and entry.existing is not None:
                 resource = _keep_server_held(
                     resource,
@@ -779,6 +870,14 @@ class BundleRun:
                     provenance=provenance,
                     patient_id=entry.id,
                 )
+                if entry.review and self.clinic is not None:
+                    matching.review_note(
+                        clinic=self.clinic,
+                        registered_id=entry.id,
+                        candidates=entry.review,
+                        tokens=entry.review_tokens,
+                        source=f"{PROVENANCE_SOURCE}:{self.kind}",
+                    )
                 continue
             staged.append(
                 store.stage(
