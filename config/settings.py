@@ -200,6 +200,10 @@ ACCOUNT_RATE_LIMITS = {
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "Hagukumi PHR"
 
+# Users whose access grants each process keeps between requests, validated
+# by the access epoch (sharing/access.py _GrantCache; 0 turns it off).
+ACCESS_GRANT_CACHE_SIZE = env_int("ACCESS_GRANT_CACHE_SIZE", 1024, minimum=0)
+
 # Idle session limits (ASVS 3.3.2): staff 15 minutes, parents 30 minutes,
 # and 12 hours absolute for everyone.
 SESSION_IDLE_TIMEOUT_STAFF = timedelta(minutes=env_int("SESSION_IDLE_MINUTES_STAFF", 15))

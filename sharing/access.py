@@ -29,12 +29,14 @@ Rules in force (docs/decisions/0002-access.md):
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
 from django.db.models import BigIntegerField, Q, QuerySet
@@ -281,10 +283,17 @@ class _Facts:
     # or None, purpose, categories, [patient], [consent id], [ends_at]), the
     # lists in the order the consents were given.
     consents: tuple[tuple[int | None, str, list[str], list[str], list[str], list[Any]], ...] = ()
+    # The next instant a consent naming them starts or ends (None: none will).
+    horizon: Any = None
+    # The access epoch they were read at; None when this transaction has
+    # changed access facts itself (then they are not to be cached).
+    epoch: int | None = None
 
 
 # The six facts in one round trip; each branch is the query the ORM would
-# run (the querysets named in the comments), tagged with what it is.
+# run (the querysets named in the comments), tagged with what it is; then
+# how long they hold (the next consent start or end) and the access epoch
+# they were read at (in the same snapshot: see _GrantCache).
 # Parameters: $1 the user, $2 today and $3 now (as the querysets compute
 # them: timezone.localdate(), timezone.now()), $4 allauth's TOTP type.
 # Columns: kind, patient, organization, role or purpose, categories, and for
@@ -296,6 +305,11 @@ _FACTS_SQL = """
 WITH membership AS (  -- Membership.objects.active().filter(user=user)
     SELECT id, organization_id, role FROM phr_membership
     WHERE user_id = $1 AND valid_from <= $2 AND (valid_to IS NULL OR valid_to >= $2)
+), consent AS (  -- consents not revoked, to the user or one of their organizations
+    SELECT * FROM sharing_consent WHERE grantee_user_id = $1 AND revoked_at IS NULL
+    UNION ALL  -- (one grantee each: the two halves never share a row)
+    SELECT * FROM sharing_consent
+    WHERE grantee_org_id IN (SELECT organization_id FROM membership) AND revoked_at IS NULL
 )
 SELECT 'blocked', patient_id::text, NULL::bigint, NULL::text, NULL::varchar[], NULL::text[],
        NULL::text[], NULL::timestamptz[]
@@ -320,15 +334,20 @@ UNION ALL
         array_agg(patient_id::text ORDER BY created_at, id),
         array_agg(id::text ORDER BY created_at, id),
         array_agg(ends_at ORDER BY created_at, id)
- FROM (  -- Consent.objects.active(), to the user or one of their organizations
-     SELECT * FROM sharing_consent WHERE grantee_user_id = $1
-     UNION ALL  -- (one grantee each: the two halves never share a row)
-     SELECT * FROM sharing_consent
-     WHERE grantee_org_id IN (SELECT organization_id FROM membership)
- ) AS consent
- WHERE starts_at <= $3 AND (ends_at IS NULL OR ends_at > $3) AND revoked_at IS NULL
+ FROM consent  -- Consent.objects.active()
+ WHERE starts_at <= $3 AND (ends_at IS NULL OR ends_at > $3)
  GROUP BY grantee_org_id, purpose, categories
  ORDER BY min(created_at), grantee_org_id, purpose, categories)
+UNION ALL  -- the next instant a consent starts or ends: the facts hold until then
+SELECT 'horizon', NULL, NULL, NULL, NULL, NULL, NULL,
+       ARRAY[min(LEAST(CASE WHEN starts_at > $3 THEN starts_at END,
+                       CASE WHEN ends_at > $3 THEN ends_at END))]
+FROM consent
+UNION ALL  -- the access epoch these facts were read at (NULL: not to be cached)
+SELECT 'epoch', CASE WHEN current_setting('hagukumi.access_changed', true) = '1' THEN NULL
+                     ELSE xact::text END,
+       NULL, NULL, NULL, NULL, NULL, NULL
+FROM sharing_access_epoch
 """
 _FACTS_STATEMENT = "hagukumi_access_facts"
 
@@ -359,7 +378,7 @@ def _facts(user: Any) -> _Facts:
     if cached is not None:
         return cached
     blocked, children, memberships, consents = [], [], [], []
-    own, mfa = None, False
+    own, mfa, horizon, epoch = None, False, None, None
     for kind, patient, org, word, categories, patients, ids, ends in _facts_rows(user):
         if kind == "consents":
             consents.append((org, word, categories, patients, ids, ends))
@@ -373,6 +392,10 @@ def _facts(user: Any) -> _Facts:
             mfa = True
         elif kind == "membership":
             memberships.append((org, word))
+        elif kind == "horizon":
+            horizon = ends[0]
+        elif kind == "epoch":
+            epoch = None if patient is None else int(patient)
     facts = _Facts(
         blocked=tuple(blocked),
         own=own,
@@ -380,6 +403,8 @@ def _facts(user: Any) -> _Facts:
         mfa=mfa,
         memberships=tuple(memberships),
         consents=tuple(consents),
+        horizon=horizon,
+        epoch=epoch,
     )
     user._hagukumi_facts = facts
     return facts
@@ -546,14 +571,120 @@ def _grants(user: Any) -> list[_Grant]:
                 )
         grants += _emergency_grants(user, facts)
     user._hagukumi_grants = grants
+    _GRANT_CACHE.put(user, facts, grants)
     return grants
 
 
 def forget_grants(user: Any) -> None:
-    """Drop the per-request cache (after a grant, revoke or block changes)."""
+    """Drop the per-request cache (after a grant, revoke or block changes)
+    and this process's cached grants of the user."""
     for attribute in ("_hagukumi_grants", "_hagukumi_facts"):
         if hasattr(user, attribute):
             delattr(user, attribute)
+    if getattr(user, "pk", None) is not None:
+        _GRANT_CACHE.forget(user)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    epoch: int
+    today: Any
+    horizon: Any
+    flags: tuple[bool, bool]
+    facts: _Facts
+    grants: list[_Grant]
+
+
+class _GrantCache:
+    """Grants kept between requests, per process, and trusted only when
+    nothing they depend on can have changed (docs/decisions/0002-access.md,
+    "Grants cached between requests"):
+
+    - the access epoch (sharing_access_epoch, moved by triggers when a
+      consent, DV block, membership, guardianship, an account's patient or
+      an MFA authenticator changes — at commit, so an epoch names one
+      committed state) is the one the facts were read at; a read by id gets
+      the current epoch in the statement that loads its row, so a
+      revocation committed before that statement counts, as it does
+      without the cache;
+    - a transaction that changed such a fact itself does not use (or fill)
+      the cache: the epoch is NULL for it;
+    - the local date is the same (memberships and guardianships run by
+      date), no consent has started or ended since (the horizon), and the
+      user's active and platform-admin flags (read with the user each
+      request) are the same;
+    - emergency responders are never cached: their break-glass windows and
+      the families' emergency preferences are outside the epoch.
+
+    Bounded (settings.ACCESS_GRANT_CACHE_SIZE users, the oldest dropped
+    first); thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], _Cached] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(user: Any) -> tuple[Any, ...]:
+        db = connection.settings_dict
+        return (db.get("HOST"), db.get("PORT"), db.get("NAME"), user.pk)
+
+    @staticmethod
+    def _flags(user: Any) -> tuple[bool, bool]:
+        return (bool(user.is_active), bool(getattr(user, "is_platform_admin", False)))
+
+    def put(self, user: Any, facts: _Facts, grants: list[_Grant]) -> None:
+        if facts.epoch is None or any(
+            role == Role.EMERGENCY_RESPONDER for _org, role in facts.memberships
+        ):
+            return
+        limit = getattr(settings, "ACCESS_GRANT_CACHE_SIZE", 1024)
+        entry = _Cached(
+            facts.epoch, timezone.localdate(), facts.horizon, self._flags(user), facts, grants
+        )
+        key = self._key(user)
+        with self._lock:
+            self._entries.pop(key, None)
+            while self._entries and len(self._entries) >= limit:
+                del self._entries[next(iter(self._entries))]
+            if limit > 0:
+                self._entries[key] = entry
+
+    def holds(self, user: Any) -> bool:
+        return self._key(user) in self._entries
+
+    def take(self, user: Any, epoch: int | None) -> bool:
+        """Put the cached facts and grants on `user` (for this request) if
+        they hold at `epoch`, the epoch read with the row."""
+        if epoch is None:
+            return False
+        entry = self._entries.get(self._key(user))
+        if (
+            entry is None
+            or entry.epoch != epoch
+            or entry.flags != self._flags(user)
+            or entry.today != timezone.localdate()
+            or (entry.horizon is not None and timezone.now() >= entry.horizon)
+        ):
+            return False
+        user._hagukumi_facts = entry.facts
+        # A municipal grant remembers which residents it asked about in
+        # this request: a new request starts with none.
+        user._hagukumi_grants = [
+            replace(grant, _resident={}) if grant.residents_of is not None else grant
+            for grant in entry.grants
+        ]
+        return True
+
+    def forget(self, user: Any) -> None:
+        with self._lock:
+            self._entries.pop(self._key(user), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_GRANT_CACHE = _GrantCache()
 
 
 def _for_purpose(user: Any, purpose: str | None) -> list[_Grant]:
@@ -566,9 +697,7 @@ def _for_purpose(user: Any, purpose: str | None) -> list[_Grant]:
     ]
 
 
-def visible_records(
-    user: Any, purpose: str | None = None, *, include_deleted: bool = False
-) -> Q:
+def visible_records(user: Any, purpose: str | None = None, *, include_deleted: bool = False) -> Q:
     """Filter for phr.Resource: what this user may read (for `purpose`,
     or for any listable purpose they hold when None). Tombstones are
     excluded unless `include_deleted` (a FHIR read answers 410 Gone to those
@@ -589,6 +718,16 @@ _SUBMITTER = RawSQL(
 )
 
 
+# The access epoch, read with a row (see _GrantCache); NULL inside a
+# transaction that changed access facts itself.
+_EPOCH = RawSQL(
+    "SELECT CASE WHEN current_setting('hagukumi.access_changed', true) = '1' THEN NULL"
+    " ELSE xact END FROM sharing_access_epoch",
+    (),
+    output_field=BigIntegerField(),
+)
+
+
 def readable_record(
     user: Any, rows: QuerySet[Resource], *, purpose: str | None = None
 ) -> Resource | None:
@@ -598,16 +737,34 @@ def readable_record(
 
     A read by id loads the row once and decides it in Python against the
     grants already computed (_Grant.admits, the twin of the SQL filter), so
-    it does not carry every grant into its WHERE clause."""
-    grants = _for_purpose(user, purpose)
-    if not grants:
-        return None
-    if any(grant.submitter_org_ids for grant in grants):
-        # In the same statement (a scalar subquery builds faster than a join).
-        rows = rows.annotate(submitter_org_id=_SUBMITTER)
-    row = rows.first()
-    if row is None:
-        return None
+    it does not carry every grant into its WHERE clause.
+
+    When this process holds the user's grants from an earlier request
+    (_GrantCache), the row comes with the current access epoch in the
+    same statement, and the grants are used if it still matches — the
+    read is then one statement; else they are computed as always."""
+    if (
+        not hasattr(user, "_hagukumi_grants")
+        and getattr(user, "is_authenticated", False)
+        and _GRANT_CACHE.holds(user)
+    ):
+        row = rows.annotate(submitter_org_id=_SUBMITTER, access_epoch=_EPOCH).first()
+        if row is None:
+            return None
+        _GRANT_CACHE.take(user, row.access_epoch)
+        grants = _for_purpose(user, purpose)
+        if not grants:
+            return None
+    else:
+        grants = _for_purpose(user, purpose)
+        if not grants:
+            return None
+        if any(grant.submitter_org_ids for grant in grants):
+            # In the same statement (a scalar subquery builds faster than a join).
+            rows = rows.annotate(submitter_org_id=_SUBMITTER)
+        row = rows.first()
+        if row is None:
+            return None
     submitter = getattr(row, "submitter_org_id", None)
     if any(grant.admits(row, submitter) for grant in grants):
         return row
