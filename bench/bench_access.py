@@ -14,11 +14,16 @@ each clinic's system (bearer token of a clinic staff member with MFA), for
 records a consent lets it read:
 
 - full: the real path — fhir_search.resource_for loads the row by id and
-  type (with its submitting organization) and sharing.access decides it in
-  Python against the clinician's grants, computed from the grant facts
-  (DV blocks, own patient, guardianships, MFA, memberships, consents: one
-  statement); one audit row is written per patient revealed (one INSERT,
-  committed before the response); the Patient address redaction is asked;
+  type (with its submitting organization and the access epoch) and
+  sharing.access decides it in Python against the clinician's grants,
+  kept from the previous request while the epoch is the same (else
+  computed from the grant facts: DV blocks, own patient, guardianships,
+  MFA, memberships, consents, one statement); one audit row is written per
+  patient revealed (one INSERT, committed before the response); the
+  Patient address redaction is asked;
+- cold: the same with no grants kept (ACCESS_GRANT_CACHE_SIZE=0): the
+  grant facts are read every time, as for the first read after any
+  access change;
 - bare: the same request through the same middleware, authentication,
   throttle, view, serialization (to_fhir) and renderer, with the three
   access functions the view calls patched out: fhir_search.resource_for
@@ -257,6 +262,20 @@ def full() -> Iterator[None]:
     yield
 
 
+@contextmanager
+def cold() -> Iterator[None]:
+    """The full path with no grants kept between requests (as every first
+    read after an access change anywhere): the facts statement each read."""
+    from django.test import override_settings
+
+    from sharing.access import _GRANT_CACHE
+
+    _GRANT_CACHE.clear()
+    with override_settings(ACCESS_GRANT_CACHE_SIZE=0):
+        yield
+    _GRANT_CACHE.clear()
+
+
 @dataclass
 class Timing:
     reads: int = 0
@@ -314,11 +333,11 @@ def _short(sql: str) -> str:
 
 def measure(client: Any, token: str, ids: list[str], rounds: int) -> dict[str, Timing]:
     """Both paths over the same ids, alternating in rounds."""
-    timings = {"full": Timing(), "bare": Timing()}
+    timings = {"full": Timing(), "cold": Timing(), "bare": Timing()}
     per_round = max(1, len(ids) // rounds)
     for n in range(rounds):
         chunk = ids[n * per_round : (n + 1) * per_round]
-        order = [("full", full), ("bare", bare)]
+        order = [("full", full), ("cold", cold), ("bare", bare)]
         if n % 2:
             order.reverse()
         for label, path in order:
@@ -374,17 +393,21 @@ def run(
         results = []
         for clinic in world.clinics:
             ids = [rnd.choice(clinic.reads) for _ in range(reads)]
-            for path in (full, bare):  # warm up: imports, caches, first plans
+            for path in (full, cold, bare):  # warm up: imports, caches, first plans
                 with path():
                     read_many(client, clinic.token, ids[:20])
             audit_before = AuditEvent.objects.count()
             timings = measure(client, clinic.token, ids, rounds)
             audited = AuditEvent.objects.count() - audit_before
-            assert audited == timings["full"].reads, (audited, timings["full"].reads)
+            reads_audited = timings["full"].reads + timings["cold"].reads
+            assert audited == reads_audited, (audited, reads_audited)
             full_queries = queries_of_one(client, clinic.token, ids[0])
+            with cold():
+                cold_queries = queries_of_one(client, clinic.token, ids[0])
             with bare():
                 bare_queries = queries_of_one(client, clinic.token, ids[0])
-            results.append((clinic, timings, full_queries, bare_queries, audited))
+            queries = {"full": full_queries, "cold": cold_queries, "bare": bare_queries}
+            results.append((clinic, timings, queries, audited))
         report(results)
     finally:
         if keep:
@@ -393,34 +416,41 @@ def run(
             drop_database(BENCH_DB, original)
 
 
-def report(results: list[tuple[Clinic, dict[str, Timing], list[str], list[str], int]]) -> None:
+def report(results: list[tuple[Clinic, dict[str, Timing], dict[str, list[str]], int]]) -> None:
     print()
     print(
         f"{'consents':>8}  {'path':<6}{'reads':>7}{'seconds':>9}{'reads/s':>9}"
         f"{'ms/read':>9}{'CPU ms':>8}{'server':>8}{'queries':>9}{'ratio':>8}{'CPU':>8}"
     )
-    for clinic, timings, full_queries, bare_queries, _audited in results:
-        ratio = timings["bare"].rate / timings["full"].rate
-        full_cpu, bare_cpu = (timings[k].cpu + timings[k].server for k in ("full", "bare"))
-        cpu_ratio = (full_cpu / timings["full"].reads) / (bare_cpu / timings["bare"].reads)
-        for label, queries in (("full", full_queries), ("bare", bare_queries)):
+    for clinic, timings, queries, _audited in results:
+        bare_t = timings["bare"]
+        bare_cpu = (bare_t.cpu + bare_t.server) / bare_t.reads
+        for label in ("full", "cold", "bare"):
             t = timings[label]
-            shown = f"{ratio:7.2f}x{cpu_ratio:7.2f}x" if label == "full" else ""
+            shown = ""
+            if label != "bare":
+                ratio = bare_t.rate / t.rate
+                cpu_ratio = ((t.cpu + t.server) / t.reads) / bare_cpu
+                shown = f"{ratio:7.2f}x{cpu_ratio:7.2f}x"
             print(
                 f"{clinic.consents:>8}  {label:<6}{t.reads:>7}{t.seconds:>9.2f}{t.rate:>9,.0f}"
                 f"{1000 * t.seconds / t.reads:>9.2f}{1000 * t.cpu / t.reads:>8.2f}"
-                f"{1000 * t.server / t.reads:>8.2f}{len(queries):>9}{shown:>16}"
+                f"{1000 * t.server / t.reads:>8.2f}{len(queries[label]):>9}{shown:>16}"
             )
     print()
     print(
         "ratio = full / bare wall time per read (goal <= 1.5x); CPU = the same for CPU time "
         "(this process + the server process)"
     )
+    print(
+        "full = grants kept between requests (validated by the access epoch), the steady "
+        "state of a system reading with one token; cold = grants computed every read"
+    )
     print("CPU ms = this process; server = CPU ms of the server process serving it")
-    print("every full read wrote its audit row, no bare read did")
-    _clinic, _timings, full_queries, bare_queries, _audited = results[0]
-    for title, queries in (("full", full_queries), ("bare", bare_queries)):
-        print(f"queries, {title}: " + "; ".join(_short(q) for q in queries))
+    print("every full and cold read wrote its audit row, no bare read did")
+    _clinic, _timings, queries, _audited = results[0]
+    for title in ("full", "cold", "bare"):
+        print(f"queries, {title}: " + "; ".join(_short(q) for q in queries[title]))
     print(
         f"load average at the end {os.getloadavg()[0]:5.2f} (2 cores: above ~1 the figures "
         "are noisy)"
