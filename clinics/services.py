@@ -851,6 +851,31 @@ def invitation_issue(
     return invitation, code_display(code)
 
 
+def invitation_revoke(*, user: User, invitation: ClinicInvitation) -> ClinicInvitation:
+    """Stop an unused code at once (the clinic's staff, from the portal).
+    Revoking twice, or a code already used, changes nothing and writes no
+    audit row. The guarded UPDATE waits for a redemption holding the row
+    (invitation_redeem locks it), so a code is never both used and revoked."""
+    if invitation.clinic_id not in {c.pk for c in staff_clinics(user)}:
+        raise PermissionDenied
+    with transaction.atomic():
+        revoked = ClinicInvitation.objects.filter(
+            pk=invitation.pk, used_at=None, revoked_at=None
+        ).update(revoked_at=timezone.now())
+        if revoked:
+            audit_write(
+                action="clinic.invitation_revoke",
+                actor_id=user.pk,
+                actor_role=Role.CLINIC_STAFF,
+                organization_id=invitation.clinic_id,
+                patient_id=invitation.patient_id,
+                purpose=Purpose.CARE,
+                detail={"invitation": invitation.pk, "prefix": invitation.prefix},
+            )
+    invitation.refresh_from_db()
+    return invitation
+
+
 class InvitationError(Exception):
     """A redemption was refused; `message` is what the person may read."""
 

@@ -22,6 +22,18 @@ urlpatterns = [
     path("patients/<uuid:patient_id>/delivery/", entry_views.delivery_new, name="delivery_new"),
     path("register/", entry_views.register, name="register"),
     path("join/", entry_views.join, name="join"),
+    # Invitations of the patients the clinic registered (views.py)
+    path("invitations/", views.invitation_list, name="invitations"),
+    path(
+        "invitations/<int:invitation_id>/reissue/",
+        views.invitation_reissue,
+        name="invitation_reissue",
+    ),
+    path(
+        "invitations/<int:invitation_id>/revoke/",
+        views.invitation_revoke,
+        name="invitation_revoke",
+    ),
     # API tokens of the clinic's own system
     path("tokens/", views.token_list, name="tokens"),
     path("tokens/create/", views.token_create, name="token_create"),

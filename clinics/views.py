@@ -21,9 +21,10 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -32,10 +33,11 @@ from django.utils.cache import patch_vary_headers
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from clinics import charts, selectors, tokens
+from clinics import charts, invitations, selectors, services, tokens
+from clinics.models import ClinicInvitation
 from phr.auth import sensitive_action
 from phr.models import Organization
-from phr.selectors import JAPAN, timeline
+from phr.selectors import JAPAN, patient_resources, person_name, timeline
 from sharing.access import Purpose, audit_reveal
 from sharing.selectors import in_language
 
@@ -137,6 +139,8 @@ def patient(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     today = _today()
     page = selectors.patient_page(user=request.user, patient=found, today=today)
     visits = page.facts.visits
+    # The clinic's code for her to link her account, if it invited her.
+    invitation = invitations.latest_for(clinic, found)
     context = _context(
         request,
         clinic,
@@ -152,6 +156,8 @@ def patient(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         delivery_url=_other_engineer_url(
             "clinics:delivery_new", found.pk, f"/clinic/patients/{found.pk}/delivery/"
         ),
+        invitation=invitation,
+        invitation_status=(ClinicInvitation.Status(invitation.status).label if invitation else ""),
     )
     response = render(request, "clinics/portal_patient.html", context)
     patch_vary_headers(response, ["HX-Request"])
@@ -250,3 +256,110 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     messages.success(request, _("The token “%(name)s” was revoked.") % {"name": token.name})
     assert token.organization is not None  # a clinic's token, found by its clinic
     return redirect(_tokens_url(token.organization, request))
+
+
+# --------------------------------------------------------------------------
+# Invitations of the patients the clinic registered
+# --------------------------------------------------------------------------
+
+
+class ReissueForm(forms.Form):
+    email = forms.EmailField(required=False)
+
+
+def _invitations_url(clinic: Organization, request: HttpRequest) -> str:
+    mine = selectors.staff_clinics(request.user)
+    suffix = f"?clinic={clinic.pk}" if len(mine) > 1 else ""
+    return reverse("clinics:invitations") + suffix
+
+
+@login_required
+@require_GET
+@clinic_staff
+def invitation_list(request: HttpRequest) -> HttpResponse:
+    """The latest invitation of each patient the clinic invited: who (as
+    far as the clinic may see her name), issued when and by whom, until
+    when, and whether she used it; buttons to issue a new code or revoke.
+    Codes are never shown here (only their hash is kept)."""
+    clinic = selectors.chosen_clinic(request.user, request.GET.get("clinic"))
+    listed = invitations.clinic_invitations(
+        user=request.user, clinic=clinic, page_number=request.GET.get("page", 1)
+    )
+    audit_reveal(
+        request.user,
+        listed.patient_ids,
+        action="view.clinic_invitations",
+        purpose=Purpose.CARE,
+        detail={"clinic": clinic.pk},
+    )
+    context = _context(request, clinic, listed=listed)
+    return render(request, "clinics/portal_invitations.html", context)
+
+
+@login_required
+@require_POST
+@clinic_staff
+def invitation_reissue(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    """A new code for the patient of one of the clinic's invitations: the
+    previous code stops working, the new one is shown on this response
+    only (not stored, not cached) and, with an address, emailed."""
+    old = invitations.clinic_invitation(selectors.staff_clinics(request.user), invitation_id)
+    clinic = old.clinic
+    form = ReissueForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Enter a valid email address, or leave it empty."))
+        return redirect(_invitations_url(clinic, request))
+    patient = invitations.survivor(old.patient)
+    email = form.cleaned_data["email"]
+    try:
+        invitation, code = services.invitation_issue(
+            user=request.user,  # type: ignore[arg-type]
+            clinic=clinic,
+            patient=patient,
+            email=email,
+        )
+    except PermissionDenied:
+        # She linked her account (or the clinic's record was merged into
+        # hers): the clinic no longer invites her; her consents decide.
+        messages.error(
+            request,
+            _("No new code was issued: she has linked her own account, so she needs none."),
+        )
+        return redirect(_invitations_url(clinic, request))
+    content = patient_resources(user=request.user, patient_ids=[patient.pk], purpose=Purpose.CARE)
+    context = _context(
+        request,
+        clinic,
+        invitation=invitation,
+        code=code,
+        name=person_name(content.get(patient.pk)),
+        join_url=services.invitation_url(code),
+        emailed=bool(email),
+        patient_url=reverse("clinics:patient", args=[patient.pk])
+        + (f"?clinic={clinic.pk}" if len(selectors.staff_clinics(request.user)) > 1 else ""),
+        invitations_url=_invitations_url(clinic, request),
+    )
+    response = render(request, "clinics/invitation_reissued.html", context)
+    # The code must not stay in a cache or the back button's copy.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+@clinic_staff
+def invitation_revoke(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    """Stop one of the clinic's codes at once. Another clinic's invitation
+    is a 404 like a missing one."""
+    invitation = invitations.clinic_invitation(selectors.staff_clinics(request.user), invitation_id)
+    was_active = invitation.status == ClinicInvitation.Status.ACTIVE
+    services.invitation_revoke(user=request.user, invitation=invitation)  # type: ignore[arg-type]
+    if was_active:
+        messages.success(
+            request,
+            _("The code beginning %(prefix)s… was revoked: it no longer works.")
+            % {"prefix": invitation.prefix},
+        )
+    else:
+        messages.info(request, _("This code could not be used any more; nothing changed."))
+    return redirect(_invitations_url(invitation.clinic, request))

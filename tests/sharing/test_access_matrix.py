@@ -62,6 +62,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
+from clinics.models import ClinicInvitation
 from municipal_data.linking import link_code_issue
 from municipal_data.models import MatchReview
 from phr import services, store
@@ -538,6 +539,25 @@ EXPECTATIONS: dict[str, Rule] = {
         GET=S(user=405),
         POST=S(user=404, clinician=302),
     ),
+    # The clinic's invitations: its staff see their own clinic's (the one
+    # invitation, of the mother, names no one: the clinic may not see her
+    # name). Revoking it is the clinician's (302); a new code is refused
+    # with a message (302: she has an account). Another clinic's: 404.
+    "clinic/invitations/": page(
+        AUTH, GET=S(user=404, **dict.fromkeys(CLINIC_STAFF, 200)), POST=S(user=405)
+    ),
+    "clinic/invitations/<int:invitation_id>/reissue/": page(
+        AUTH,
+        lambda w: f"clinic/invitations/{w.ids['clinic_invitation']}/reissue/",
+        GET=S(user=405),
+        POST=S(user=404, clinician=302),
+    ),
+    "clinic/invitations/<int:invitation_id>/revoke/": page(
+        AUTH,
+        lambda w: f"clinic/invitations/{w.ids['clinic_invitation']}/revoke/",
+        GET=S(user=405),
+        POST=S(user=404, clinician=302),
+    ),
     # Visit entry and delivery (clinics/entry_views.py) write, so they ask
     # sharing.access.may_write: no one holds a consent for the mother's
     # pregnancy or checkups (records the clinic submitted give no right to
@@ -861,6 +881,17 @@ def build_world() -> World:
     clinic_token, _secret = api_token_create(
         user=people["clinician"], name="Matrix EHR", organization=clinic
     )
+    # An invitation of the clinic (the portal's invitations page), made as a
+    # row: the world's mother has an account already, so the clinic may
+    # revoke the code but not issue her a new one.
+    clinic_invitation = ClinicInvitation.objects.create(
+        clinic=clinic,
+        patient=patients["mother_patient"],
+        code_hash="0" * 64,
+        prefix="MTRX",
+        issued_by=people["clinician"],
+        expires_at=timezone.now() + timedelta(days=30),
+    )
 
     origin = Provenance.Origin
     records: dict[str, uuid.UUID] = {}
@@ -1010,6 +1041,7 @@ def build_world() -> World:
             "match_review": str(match_review.pk),
             "feed_source": str(feed_source.pk),
             "clinic_token": str(clinic_token.pk),
+            "clinic_invitation": str(clinic_invitation.pk),
         },
     )
 
