@@ -394,10 +394,17 @@ def test_it_reads_visits_linked_to_encounters_and_bare_observations_by_day(
 ) -> None:
     lmp = due - timedelta(days=280)
     # A clinic system that sends only Observations: they make a visit of
-    # their day; a second weight that day corrects the first.
+    # their day; a later weight that day corrects the first. (Written in
+    # one test transaction, both rows have the same last_updated: the
+    # times of day order them.)
     bare = lmp + timedelta(weeks=29)
-    pregnancy.visit(bare, weight=58.0, with_encounter=False)
-    pregnancy.visit(bare, weight=58.4, with_encounter=False)
+    for time, weight in (("09:00", 58.0), ("11:30", 58.4)):
+        pregnancy.observation(
+            "body_weight",
+            bare,
+            effectiveDateTime=f"{bare.isoformat()}T{time}:00+09:00",
+            valueQuantity=_quantity(weight, "kg"),
+        )
     # A home weight (vitals) is not a prenatal visit.
     f.write_observation(pregnancy.patient, when=(bare + timedelta(days=1)).isoformat(), value=59)
     visits = _visits(clinician, pregnancy.patient)

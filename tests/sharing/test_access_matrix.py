@@ -301,6 +301,11 @@ ADMIN_MODELS: dict[str, dict[str, Rule]] = {
     "phr/guardianship": {},
     "phr/residency": {},
     "phr/apitoken": {},
+    # A note for a merge decision: viewed and deleted, never added or edited.
+    "clinics/patientmatchreview": {
+        "add/": staff(GET=403, POST=403),
+        "<path:object_id>/change/": staff(GET=200, POST=403),
+    },
     # Every field of a job is read-only: an empty POST saves and redirects.
     "phr/job": {
         "add/": staff(GET=200, POST=302),
@@ -1059,7 +1064,8 @@ def _admin_objects(people: dict[str, User]) -> dict[str, str]:
         SolarSchedule,
     )
 
-    from phr.models import ApiToken, Job, Membership, Residency
+    from clinics.models import PatientMatchReview
+    from phr.models import ApiToken, Job, Membership, Patient, Residency
 
     mother = people["mother"]
     interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.MINUTES)
@@ -1087,6 +1093,13 @@ def _admin_objects(people: dict[str, User]) -> dict[str, str]:
         "phr/residency": Residency.objects.first(),
         "phr/apitoken": ApiToken.objects.first(),
         "phr/job": Job.objects.create(kind="matrix"),
+        "clinics/patientmatchreview": PatientMatchReview.objects.create(
+            clinic=Organization.objects.filter(kind="clinic").first(),
+            registered=f.make_patient(given="照合"),
+            candidates=[Patient.objects.first().pk],
+            identifiers=["urn:oid:1.2.392.100495.20.3.51.1|matrix"],
+            source="fhir-bundle:transaction",
+        ),
     }
     return {name: str(obj.pk) for name, obj in objects.items()}
 
