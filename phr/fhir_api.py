@@ -51,7 +51,14 @@ from phr.fhir_search import SearchError
 from phr.models import Provenance, Resource, ResourceHistory
 from phr.services import provenance_create
 from sharing import fhir as consent_fhir
-from sharing.access import Purpose, address_hidden_for, audit_reveal, decide, redact_for
+from sharing.access import (
+    Purpose,
+    address_hidden_for,
+    audit_blocked_attempt,
+    audit_reveal,
+    decide,
+    redact_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +373,18 @@ class TypeView(FhirView):
         self.check_type(resource_type)
         user = request.user
         search = fhir_search.parse_search(resource_type, query_lists(request), user_id=user.pk)
+        # A search naming a person blocked for this user finds nothing, and
+        # the attempt is audited.
+        audit_blocked_attempt(
+            user,
+            action="fhir.search",
+            patient_ids=[
+                part
+                for name, value in search.params
+                if name == "patient" or (resource_type == "Patient" and name == "_id")
+                for part in value.split(",")
+            ],
+        )
         page = fhir_search.search_page(user, search)
         base = fhir_base(request)
         links = [("self", request.build_absolute_uri())]
@@ -428,6 +447,9 @@ class InstanceView(FhirView):
         self.check_type(resource_type)
         row = fhir_search.resource_for(request.user, resource_type, resource_id)
         if row is None:
+            audit_blocked_attempt(
+                request.user, action="fhir.read", resource=(resource_type, resource_id)
+            )
             raise not_found(resource_type, resource_id)
         if row.deleted:
             raise gone(resource_type, resource_id)
@@ -512,6 +534,9 @@ class HistoryView(FhirView):
         user = request.user
         row = fhir_search.resource_for(user, resource_type, resource_id)
         if row is None:
+            audit_blocked_attempt(
+                user, action="fhir.history", resource=(resource_type, resource_id)
+            )
             raise not_found(resource_type, resource_id)
         query = query_lists(request)
         unknown = set(query) - {fhir_search.COUNT, fhir_search.CURSOR, *fhir_search.IGNORED}
@@ -558,6 +583,10 @@ class VersionView(FhirView):
         row = fhir_search.resource_for(user, resource_type, resource_id)
         version = fhir_search.version_of(row, version_id) if row is not None else None
         if version is None:
+            if row is None:
+                audit_blocked_attempt(
+                    user, action="fhir.read", resource=(resource_type, resource_id)
+                )
             raise not_found(resource_type, resource_id, version_id)
         if version.deleted:
             raise gone(resource_type, resource_id)

@@ -56,6 +56,7 @@ __all__ = [
     "Explanation",
     "Purpose",
     "access_patient",
+    "audit_blocked_attempt",
     "audit_denied",
     "audit_reveal",
     "decide",
@@ -1000,6 +1001,49 @@ def audit_denied(user: Any, patient_id: uuid.UUID | None, *, action: str, rule: 
             )
         ]
     )
+
+
+def audit_blocked_attempt(
+    user: Any,
+    *,
+    action: str,
+    patient_ids: Iterable[Any] = (),
+    resource: tuple[str, str] | None = None,
+) -> int:
+    """A read that answered "not found" (or a search that named a person):
+    when it was about a person DV-blocked for this user (DV等支援措置), the
+    attempt is audited as denied (rule dv_block) — the user still gets the
+    same answer as for a record that does not exist. `patient_ids` are the
+    persons a search named; `resource` the (type, id) a read asked for.
+    Returns the number of audit rows written. Costs nothing for a user
+    without a block."""
+    blocked = set(blocked_patients(user))
+    if not blocked:
+        return 0
+    named: list[uuid.UUID] = []
+    for value in patient_ids:
+        text = str(value)
+        text = text[len("Patient/") :] if text.startswith("Patient/") else text
+        try:
+            named.append(uuid.UUID(text))
+        except ValueError:
+            continue
+    if resource is not None:
+        try:
+            rid = uuid.UUID(str(resource[1]))
+        except ValueError:
+            rid = None
+        if rid is not None:
+            compartments = (
+                Resource.objects.filter(id=rid, resource_type=resource[0])
+                .values_list("compartments", flat=True)
+                .first()
+            )
+            named += list(compartments or ())
+    hits = list(dict.fromkeys(p for p in named if p in blocked))
+    for patient_id in hits:
+        audit_denied(user, patient_id, action=action, rule=DV_BLOCKED.rule)
+    return len(hits)
 
 
 # --------------------------------------------------------------------------

@@ -215,3 +215,50 @@ def test_the_facts_statement_is_prepared_again_on_a_new_connection(
     assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
     connection.close()
     assert api(mother).get(f"/fhir/Observation/{rid}").status_code == 200
+
+
+# --- DV blocks: a blocked person's attempts are audited ------------------------
+
+
+def _denied(user: User) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(actor_id=user.pk, outcome="denied").order_by("id"))
+
+
+def test_a_dv_blocked_guardians_fhir_attempts_are_audited_and_answered_like_missing_records(
+    mother: User, child: Any, father: User, municipal_officer: User, stranger: User
+) -> None:
+    from sharing.services import dv_block_set
+
+    rid = f.write_observation(child, category=Category.VACCINATIONS)
+    client = api(father)
+    assert client.get(f"/fhir/Observation/{rid}").status_code == 200
+    dv_block_set(patient=child, blocked_user=father, by=municipal_officer)
+    missing = uuid.uuid4()
+    blocked_response = client.get(f"/fhir/Observation/{rid}")
+    missing_response = client.get(f"/fhir/Observation/{missing}")
+    assert blocked_response.status_code == missing_response.status_code == 404
+    assert blocked_response.json() == json.loads(
+        json.dumps(missing_response.json()).replace(str(missing), str(rid))
+    )
+    assert client.get(f"/fhir/Observation/{rid}/_history").status_code == 404
+    assert client.get(f"/fhir/Observation/{rid}/_history/1").status_code == 404
+    assert client.get(f"/fhir/Patient/{child.pk}").status_code == 404
+    search = client.get(f"/fhir/Observation?patient=Patient/{child.pk}")
+    assert search.status_code == 200
+    assert search.json()["total"] == 0
+    denied = _denied(father)
+    assert [(row.action, row.patient_id, row.detail["rule"]) for row in denied] == [
+        ("fhir.read", child.pk, "dv_block"),
+        ("fhir.history", child.pk, "dv_block"),
+        ("fhir.read", child.pk, "dv_block"),
+        ("fhir.read", child.pk, "dv_block"),
+        ("fhir.search", child.pk, "dv_block"),
+    ]
+    # Someone without a block who finds nothing leaves no denied row: only
+    # blocked attempts are worth a line (and the missing id named nobody).
+    assert api(stranger).get(f"/fhir/Observation/{rid}").status_code == 404
+    assert _denied(stranger) == []
+    # The family's access history does not list denied attempts.
+    assert not AuditEvent.objects.filter(
+        patient_id=child.pk, outcome="denied", actor_id=mother.pk
+    ).exists()
