@@ -203,6 +203,9 @@ MFA_TOTP_ISSUER = "Hagukumi PHR"
 # Users whose access grants each process keeps between requests, validated
 # by the access epoch (sharing/access.py _GrantCache; 0 turns it off).
 ACCESS_GRANT_CACHE_SIZE = env_int("ACCESS_GRANT_CACHE_SIZE", 1024, minimum=0)
+# The access-facts statement is PREPAREd once per connection; turn it off
+# behind a transaction-pooling PgBouncer (docs/operations.md).
+ACCESS_FACTS_PREPARED = env_bool("ACCESS_FACTS_PREPARED", True)
 
 # Idle session limits (ASVS 3.3.2): staff 15 minutes, parents 30 minutes,
 # and 12 hours absolute for everyone.

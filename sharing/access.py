@@ -29,6 +29,7 @@ Rules in force (docs/decisions/0002-access.md):
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -353,6 +354,13 @@ FROM sharing_access_epoch
 _FACTS_STATEMENT = "hagukumi_access_facts"
 
 
+# The same statement with client-side parameters, for connections that must
+# not hold prepared statements (ACCESS_FACTS_PREPARED off: a PgBouncer in
+# transaction-pooling mode hands each transaction a different server
+# connection, where a PREPAREd name does not exist).
+_FACTS_SQL_PLAIN = re.sub(r"\$([1-4])", lambda m: f"%(p{m.group(1)})s", _FACTS_SQL)
+
+
 def _facts_rows(user: Any) -> list[tuple[Any, ...]]:
     """Run the facts statement for `user`, preparing it first on a new
     database connection. (A prepared statement lives as long as its
@@ -360,16 +368,19 @@ def _facts_rows(user: Any) -> list[tuple[Any, ...]]:
     raw connection object, so it is prepared again.)"""
     from allauth.mfa.models import Authenticator
 
+    parameters = [user.pk, timezone.localdate(), timezone.now(), Authenticator.Type.TOTP.value]
     with connection.cursor() as cursor:
+        if not getattr(settings, "ACCESS_FACTS_PREPARED", True):
+            cursor.execute(
+                _FACTS_SQL_PLAIN, {f"p{n}": value for n, value in enumerate(parameters, 1)}
+            )
+            return cursor.fetchall()
         if getattr(connection, "_hagukumi_facts_prepared_on", None) is not connection.connection:
             cursor.execute(
                 f"PREPARE {_FACTS_STATEMENT} (bigint, date, timestamptz, text) AS {_FACTS_SQL}"
             )
             connection._hagukumi_facts_prepared_on = connection.connection
-        cursor.execute(
-            f"EXECUTE {_FACTS_STATEMENT} (%s, %s, %s, %s)",
-            [user.pk, timezone.localdate(), timezone.now(), Authenticator.Type.TOTP.value],
-        )
+        cursor.execute(f"EXECUTE {_FACTS_STATEMENT} (%s, %s, %s, %s)", parameters)
         return cursor.fetchall()
 
 

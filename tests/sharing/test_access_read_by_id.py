@@ -262,3 +262,31 @@ def test_a_dv_blocked_guardians_fhir_attempts_are_audited_and_answered_like_miss
     assert not AuditEvent.objects.filter(
         patient_id=child.pk, outcome="denied", actor_id=mother.pk
     ).exists()
+
+
+def test_without_prepared_statements_the_facts_are_read_with_plain_parameters(
+    mother: User, child: Any, clinic: Any, clinician: User
+) -> None:
+    """Behind a transaction-pooling PgBouncer (ACCESS_FACTS_PREPARED off) the
+    facts statement runs without PREPARE, with the same answers."""
+    from django.test import override_settings
+
+    granted = f.write_observation(child, category=Category.VACCINATIONS)
+    withheld = f.write_observation(child, category=Category.VITALS)
+    consent_grant(
+        patient=child,
+        by=mother,
+        purpose=ConsentPurpose.CARE,
+        categories=[Category.VACCINATIONS],
+        grantee_org=clinic,
+    )
+    with override_settings(ACCESS_FACTS_PREPARED=False):
+        client = api(clinician)
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(f"/fhir/Observation/{granted}").status_code == 200
+            assert client.get(f"/fhir/Observation/{withheld}").status_code == 404
+        # (read before the next request: a request clears the query log)
+        statements = [q["sql"] for q in captured.captured_queries]
+        assert api(mother).get(f"/fhir/Observation/{withheld}").status_code == 200
+    assert not any(q.startswith(("PREPARE", "EXECUTE")) for q in statements)
+    assert any("sharing_access_epoch" in q and "sharing_consent" in q for q in statements)
