@@ -384,11 +384,27 @@ def _facts_rows(user: Any) -> list[tuple[Any, ...]]:
         return cursor.fetchall()
 
 
+def _current_epoch() -> int | None:
+    """The access epoch now (NULL inside a transaction that changed access
+    facts): one small statement, in place of the facts statement when this
+    process holds the user's grants (_GrantCache)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_EPOCH_SQL)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def _facts(user: Any) -> _Facts:
-    """The user's facts, read once per request (cached on the user object)."""
+    """The user's facts, read once per request (cached on the user object);
+    taken from this process's grant cache when the access epoch says they
+    still hold (asked once per request)."""
     cached: _Facts | None = getattr(user, "_hagukumi_facts", None)
     if cached is not None:
         return cached
+    if not getattr(user, "_hagukumi_epoch_asked", False) and _GRANT_CACHE.holds(user):
+        user._hagukumi_epoch_asked = True
+        if _GRANT_CACHE.take(user, _current_epoch()):
+            return user._hagukumi_facts  # type: ignore[no-any-return]
     blocked, children, memberships, consents = [], [], [], []
     own, mfa, horizon, epoch = None, False, None, None
     for kind, patient, org, word, categories, patients, ids, ends in _facts_rows(user):
@@ -533,6 +549,9 @@ def _grants(user: Any) -> list[_Grant]:
     if cached is not None:
         return cached
     facts = _facts(user)
+    cached = getattr(user, "_hagukumi_grants", None)  # the grant cache answered
+    if cached is not None:
+        return cached
     blocked = {str(p) for p in facts.blocked}
     grants: list[_Grant] = []
     if facts.own is not None:
@@ -590,7 +609,7 @@ def _grants(user: Any) -> list[_Grant]:
 def forget_grants(user: Any) -> None:
     """Drop the per-request cache (after a grant, revoke or block changes)
     and this process's cached grants of the user."""
-    for attribute in ("_hagukumi_grants", "_hagukumi_facts"):
+    for attribute in ("_hagukumi_grants", "_hagukumi_facts", "_hagukumi_epoch_asked"):
         if hasattr(user, attribute):
             delattr(user, attribute)
     if getattr(user, "pk", None) is not None:
@@ -730,14 +749,13 @@ _SUBMITTER = RawSQL(
 )
 
 
-# The access epoch, read with a row (see _GrantCache); NULL inside a
-# transaction that changed access facts itself.
-_EPOCH = RawSQL(
+# The access epoch (see _GrantCache); NULL inside a transaction that
+# changed access facts itself. Read with a row by id, or alone (_facts).
+_EPOCH_SQL = (
     "SELECT CASE WHEN current_setting('hagukumi.access_changed', true) = '1' THEN NULL"
-    " ELSE xact END FROM sharing_access_epoch",
-    (),
-    output_field=BigIntegerField(),
+    " ELSE xact END FROM sharing_access_epoch"
 )
+_EPOCH = RawSQL(_EPOCH_SQL, (), output_field=BigIntegerField())  # noqa: S611 (constant SQL)
 
 
 def readable_record(
@@ -763,6 +781,7 @@ def readable_record(
         row = rows.annotate(submitter_org_id=_SUBMITTER, access_epoch=_EPOCH).first()
         if row is None:
             return None
+        user._hagukumi_epoch_asked = True  # with the row: _facts need not ask again
         _GRANT_CACHE.take(user, row.access_epoch)
         grants = _for_purpose(user, purpose)
         if not grants:

@@ -243,6 +243,32 @@ def test_municipal_imports_of_residents_do_not_move_the_epoch(
     assert not facts_read(queries)
 
 
+def test_a_search_uses_the_cached_grants_and_sees_a_revocation_at_once(
+    mother: User, child: Any, clinician: User, shared: dict[str, Any]
+) -> None:
+    """Lists and pages take the cached grants too, after one small statement
+    that reads the epoch (instead of the facts)."""
+    client = api(clinician)
+    url = f"/fhir/Observation?patient=Patient/{child.pk}"
+
+    def search() -> tuple[int, list[str]]:
+        with CaptureQueriesContext(connection) as captured:
+            body = client.get(url).json()
+        return body["total"], [q["sql"] for q in captured.captured_queries]
+
+    total, first = search()
+    assert total == 1
+    assert facts_read(first)
+    total, second = search()
+    assert total == 1
+    assert not facts_read(second)
+    assert any("sharing_access_epoch" in q for q in second)
+    consent_revoke(consent=shared["consent"], by=mother)
+    total, third = search()
+    assert total == 0
+    assert facts_read(third)
+
+
 # --- the property: cached answers are fresh answers ---------------------------
 
 STEPS = st.lists(
@@ -290,10 +316,19 @@ def test_cached_reads_always_agree_with_the_sql_filter(
                 consent_revoke(consent=consent, by=mother)
         else:
             statuses = {rid: read(client, rid)[0] for rid in records}
+            found = {
+                entry["resource"]["id"]
+                for child in children
+                for entry in client.get(f"/fhir/Observation?patient=Patient/{child.pk}")
+                .json()
+                .get("entry", [])
+            }
             # The oracle after the reads (computing it fills the cache afresh).
             fresh = User.objects.get(pk=clinician.pk)
+            _GRANT_CACHE.forget(fresh)  # the oracle computes afresh
             listed = set(
                 Resource.objects.filter(visible_records(fresh)).values_list("id", flat=True)
             )
             for rid, status in statuses.items():
                 assert (status == 200) == (rid in listed), (steps, rid)
+            assert found == {str(rid) for rid in records if rid in listed}, steps
