@@ -73,7 +73,6 @@ from phr.fhir_api import (
     fhir_base,
 )
 from phr.models import Organization, Patient, Provenance, Resource, Role
-from phr.roles import has_mfa, organizations_for
 from phr.services import patient_create, provenance_create
 from sharing.access import (
     Decision,
@@ -82,6 +81,7 @@ from sharing.access import (
     audit_denied,
     decide,
     may_write,
+    staff_organization_ids,
     visible_records,
 )
 
@@ -511,12 +511,10 @@ class BundleRun:
     def _writing_clinic(self, token: Any) -> Organization | None:
         """The clinic this client writes for: the token's clinic, or (a
         session) the user's only clinic. Staff without MFA write for none."""
-        if not has_mfa(self.user):
-            return None
-        clinics = organizations_for(self.user, Role.CLINIC_STAFF)
+        clinics = staff_organization_ids(self.user, Role.CLINIC_STAFF)
         if token is not None and token.organization_id is not None:
-            clinics = [c for c in clinics if c.pk == token.organization_id]
-        return clinics[0] if len(clinics) == 1 else None
+            clinics = [c for c in clinics if c == token.organization_id]
+        return Organization.objects.get(pk=clinics[0]) if len(clinics) == 1 else None
 
     def decision(self, patient_id: uuid.UUID, category: str) -> Decision:
         """May this client write `category` records of this patient? The

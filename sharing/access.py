@@ -438,6 +438,18 @@ def _facts(user: Any) -> _Facts:
     return facts
 
 
+def staff_organization_ids(user: Any, role: str) -> list[int]:
+    """The organizations where this user is active staff in `role` — none
+    without MFA (phr.roles.organizations_for and has_mfa, read from the
+    user's facts: no query of its own when the grants are cached)."""
+    if not getattr(user, "is_authenticated", False):
+        return []
+    facts = _facts(user)
+    if not facts.mfa:
+        return []
+    return [org for org, member_role in facts.memberships if member_role == role]
+
+
 def blocked_patients(user: Any) -> tuple[uuid.UUID, ...]:
     """Patients this user must learn nothing of (DV等支援措置)."""
     if not getattr(user, "is_authenticated", False):
