@@ -29,6 +29,10 @@ end unless --keep) and:
 
 It prints rows/s and records/s of each phase, the ratio import / COPY
 (goal: at least 50%), and the peak memory after the small and the big file.
+The import runs in IMPORT_PARTITIONS processes (default 2): client CPU
+counts this process and its partition processes, server CPU every server
+process of the scratch database (sampled from /proc every 0.25 s: the
+partitions' connections come and go), peak memory the largest process.
 Figures in bench/README.md.
 """
 
@@ -37,16 +41,20 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
-from bench.common import Phase, checkpoint, execute, peak_rss_mb, server_version, timed
+from bench.common import Phase, checkpoint, execute, peak_rss_mb, server_version
 
 BENCH_DB = "hagukumi_bench_import"
 TABLES = (
@@ -56,6 +64,72 @@ TABLES = (
     "phr_residency",
     "municipal_data_motherchild",
 )
+
+
+_NOT_BACKENDS: set[int] = set()
+
+
+def _backend_cpu() -> dict[int, float]:
+    """CPU seconds so far of each server process of the scratch database
+    (PostgreSQL titles them "postgres: … <user> <database> <client> …").
+    Other processes are remembered, so a sample reads little."""
+    marker = f" {BENCH_DB} ".encode()
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in _NOT_BACKENDS:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker not in handle.read().replace(b"\0", b" "):
+                    _NOT_BACKENDS.add(int(entry))
+                    continue
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def _client_cpu() -> float:
+    """This process and its (reaped) partition processes."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@contextmanager
+def timed(label: str, out: dict[str, Phase]) -> Iterator[None]:
+    """Wall time, client CPU (with the partition processes) and the CPU of
+    every server process of the database (the partitions' come and go)."""
+    start_cpu = _backend_cpu()
+    last = dict(start_cpu)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            last.update(_backend_cpu())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu_start = _client_cpu()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        client = _client_cpu() - cpu_start
+        stop.set()
+        sampler.join()
+        last.update(_backend_cpu())
+        server = sum(cpu - start_cpu.get(pid, 0.0) for pid, cpu in last.items())
+        out[label] = Phase(seconds, client, server)
+
+
+def peak_rss_all_mb() -> float:
+    """The largest process: this one or a partition process."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return max(peak_rss_mb(), children)
 
 
 def write_file(folder: Path, rows: int, code: str) -> Path:
@@ -139,7 +213,10 @@ def run(rows: int, small: int, keep: bool) -> None:
 
     original = common.recreate_database(BENCH_DB)
     call_command("migrate", verbosity=0)
-    print(f"server: {server_version()}; database {BENCH_DB}; rows {rows} (small {small})")
+    print(
+        f"server: {server_version()}; database {BENCH_DB}; rows {rows} (small {small}); "
+        f"import partitions {settings.IMPORT_PARTITIONS}"
+    )
     times: dict[str, Phase] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -157,10 +234,10 @@ def run(rows: int, small: int, keep: bool) -> None:
             kind=Organization.Kind.MUNICIPALITY, code="102024", name="高崎市"
         )
         gc.collect()
-        before = peak_rss_mb()
+        before = peak_rss_all_mb()
         import_file(little, takasaki, times, "small ")
         gc.collect()
-        after_small = peak_rss_mb()
+        after_small = peak_rss_all_mb()
         # Only the big town's rows count for the COPY: drop the small one's.
         execute(
             "TRUNCATE phr_resource, phr_resourcehistory, phr_patient, phr_residency, "
@@ -168,7 +245,7 @@ def run(rows: int, small: int, keep: bool) -> None:
         )
         checkpoint()
         batch = import_file(big, maebashi, times, "")
-        after_big = peak_rss_mb()
+        after_big = peak_rss_all_mb()
         records = Resource.objects.count()
         observations = Resource.objects.filter(resource_type="Observation").count()
         moved, megabytes = copy_baseline(folder, times)

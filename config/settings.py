@@ -136,6 +136,10 @@ CELERY_BEAT_SCHEDULE = {
 # A job row's lease: a worker renews it per chunk; the sweeper re-queues a
 # job whose lease ran out (its worker died).
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 300, minimum=2)
+# A municipal CSV import runs in this many processes at once, each taking
+# the rows of its people (docs/decisions/0007-municipal-data.md); 1 = one
+# process.
+IMPORT_PARTITIONS = env_int("IMPORT_PARTITIONS", 2, minimum=1)
 
 if REDIS_URL:
     CACHES = {

@@ -48,7 +48,7 @@ from phr.models import (
     Resource,
     User,
 )
-from phr.pipeline import PipelineFormat, format_register
+from phr.pipeline import PartitionReader, PipelineFormat, format_register
 from phr.services import (
     MCH_HANDBOOK_SYSTEM,
     RESIDENT_NUMBER_SYSTEM,
@@ -62,14 +62,19 @@ from phr.services import (
 
 
 def read(
-    fmt: MunicipalFormat, batch: Batch, raw: IO[bytes], skip: int
+    fmt: MunicipalFormat,
+    batch: Batch,
+    raw: IO[bytes],
+    skip: int,
+    partition: tuple[int, int] | None = None,
 ) -> tuple[Iterator[tabular.Row], str]:
-    """The file's rows, each valid one carrying its MunicipalRecord."""
+    """The file's rows, each valid one carrying its MunicipalRecord (only
+    those of one partition, by person, with `partition=(n, count)`)."""
     stream, detected = tabular.open_text(raw, batch.encoding)
     municipality_code = batch.organization.code
 
     def rows() -> Iterator[tabular.Row]:
-        for row in tabular.rows(stream, fmt.columns, skip=skip):
+        for row in tabular.rows(stream, fmt.columns, skip=skip, partition=partition):
             if row.ok:
                 row.record = fmt.to_record(row, municipality_code)
                 if row.record is None and row.ok:
@@ -572,6 +577,7 @@ def _remember_mothers(pairs: set[tuple[uuid.UUID, uuid.UUID]], municipality: Org
 
 
 def pipeline_format(fmt: MunicipalFormat) -> PipelineFormat:
+    partitioned: PartitionReader | None = None
     if fmt.key == fhir_format.KEY:
         reader = fhir_format.read
     else:
@@ -579,11 +585,17 @@ def pipeline_format(fmt: MunicipalFormat) -> PipelineFormat:
         def reader(batch: Batch, raw: IO[bytes], skip: int) -> tuple[Iterator[tabular.Row], str]:
             return read(fmt, batch, raw, skip)
 
+        def partitioned(
+            batch: Batch, raw: IO[bytes], skip: int, partition: tuple[int, int]
+        ) -> tuple[Iterator[tabular.Row], str]:
+            return read(fmt, batch, raw, skip, partition)
+
     return PipelineFormat(
         key=fmt.key,
         label_ja=fmt.label_ja,
         label_en=fmt.label_en,
         read=reader,
+        read_partition=partitioned,
         plan=lambda batch, rows, state: plan(fmt, batch, rows, state),
         apply=lambda batch, rows, provenance: apply(fmt, batch, rows, provenance),
     )

@@ -11,8 +11,13 @@ worker killed with kill -9 delays work but never loses or duplicates it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
 import logging
 import os
+import select
+import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -40,6 +45,10 @@ REQUEUE_QUEUED_AFTER = timedelta(minutes=5)
 
 class LeaseLost(Exception):
     """Another worker took this job over (our lease had expired)."""
+
+
+class PartitionFailed(Exception):
+    """A partition process of a job failed; the message is its error."""
 
 
 def job_handler(
@@ -157,6 +166,140 @@ class JobContext:
         self.job.cursor = cursor
         if progress_done is not None:
             self.job.progress_done = progress_done
+
+    def checkpoint_part(self, *, part: str, value: dict[str, Any], progress_add: int) -> None:
+        """checkpoint() for one partition of a job run by several processes
+        (run_partitions): sets cursor["partitions"][part] to `value`, adds
+        `progress_add` to the progress and renews the lease, in one UPDATE
+        fenced by the lease like checkpoint(). jsonb_set writes only this
+        partition's entry; the row lock the UPDATE takes (held until the
+        chunk commits, a moment later) orders it with the other
+        partitions', each applied to the latest committed cursor."""
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Job._meta.db_table} SET "  # noqa: S608 (the table name is ours)
+                "cursor = jsonb_set(cursor, ARRAY['partitions', %s], %s::jsonb, true), "
+                "progress_done = progress_done + %s, lease_until = %s, updated_at = %s "
+                "WHERE id = %s AND status = %s AND worker = %s",
+                [
+                    part,
+                    json.dumps(value),
+                    progress_add,
+                    now + lease_length(),
+                    now,
+                    self.job.pk,
+                    Job.Status.RUNNING,
+                    self.worker,
+                ],
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(self.job.pk)
+
+
+# --------------------------------------------------------------------------
+# Partition processes
+# --------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+_LEASE_LOST_EXIT = 3
+# Handlers a Celery worker (main or pool process) installs; a partition
+# process must not run them (e.g. a warm shutdown on SIGTERM).
+_RESET_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+
+
+def _die_with(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux),
+    so a worker killed with kill -9 leaves no partition writing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(1)
+
+
+def _partition_child(parent: int, part: int, work: Callable[[int], None], report: int) -> int:
+    code = 0
+    try:
+        _die_with(parent)
+        for name in _RESET_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        work(part)
+    except LeaseLost:
+        code = _LEASE_LOST_EXIT
+    except BaseException as exc:
+        logger.exception("partition %s failed", part)
+        os.write(report, f"{type(exc).__name__}: {exc}".encode(errors="replace")[:4000])
+        code = 1
+    finally:
+        try:
+            connections.close_all()  # its own connections, opened after the fork
+        except Exception:
+            code = code or 1
+    return code
+
+
+def run_partitions(count: int, work: Callable[[int], None]) -> None:
+    """Run work(0) … work(count - 1) at once, each in a forked process with
+    its own database connections; return when all succeeded.
+
+    The parent's connections are closed before forking (a child never
+    shares, or closes, the parent's socket; the parent reconnects when it
+    next queries). Children are plain os.fork() processes, not
+    multiprocessing ones: a Celery pool process is daemonic (multiprocessing
+    refuses it children) and a child must leave with os._exit, running none
+    of the worker's exit handlers. Each child asks to be killed when the
+    parent dies. If a child fails, the others are killed (their open chunk
+    rolls back) and PartitionFailed (LeaseLost when a child lost the lease)
+    is raised with its error."""
+    if connection.in_atomic_block:
+        raise RuntimeError("partition processes cannot see an open transaction's rows")
+    connections.close_all()
+    parent = os.getpid()
+    children: dict[int, tuple[int, int]] = {}  # read end of the report pipe -> (pid, part)
+    errors: list[BaseException] = []
+    try:
+        for part in range(count):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child
+                for inherited in children:
+                    os.close(inherited)
+                os.close(read_end)
+                os._exit(_partition_child(parent, part, work, write_end))
+            os.close(write_end)
+            children[read_end] = (pid, part)
+        messages: dict[int, bytes] = dict.fromkeys(children, b"")
+        while children and not errors:
+            ready, _, _ = select.select(list(children), [], [])
+            for read_end in ready:
+                data = os.read(read_end, 4096)
+                if data:
+                    messages[read_end] += data
+                    continue
+                # End of file: the child exited.
+                pid, part = children.pop(read_end)
+                os.close(read_end)
+                _, status = os.waitpid(pid, 0)
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                    continue
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _LEASE_LOST_EXIT:
+                    errors.append(LeaseLost(part))
+                elif os.WIFSIGNALED(status):
+                    errors.append(
+                        PartitionFailed(f"partition {part}: killed by signal {os.WTERMSIG(status)}")
+                    )
+                else:
+                    text = messages[read_end].decode(errors="replace") or f"exit status {status}"
+                    errors.append(PartitionFailed(f"partition {part}: {text}"))
+    finally:
+        for read_end, (pid, _part) in children.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+    if errors:
+        raise errors[0]
 
 
 def job_run(*, job_id: int, worker: str | None = None) -> str:

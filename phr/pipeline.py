@@ -35,11 +35,11 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from phr.jobs import JobContext, job_enqueue, job_handler
+from phr.jobs import JobContext, job_enqueue, job_handler, run_partitions
 from phr.models import Batch, BatchError, FeedRun, Job, Organization, Provenance, User
 from phr.services import provenance_create
 from phr.tabular import FileError, Row
@@ -60,6 +60,7 @@ COUNT_KEYS = (
 )
 
 Reader = Callable[[Batch, IO[bytes], int], tuple[Iterator[Row], str]]
+PartitionReader = Callable[[Batch, IO[bytes], int, tuple[int, int]], tuple[Iterator[Row], str]]
 Planner = Callable[[Batch, list[Row], dict[str, Any]], dict[str, int]]
 Applier = Callable[[Batch, list[Row], Provenance], dict[str, int]]
 
@@ -76,6 +77,10 @@ class PipelineFormat:
       invalid). `state` is carried from chunk to chunk (JSON).
     - apply(batch, valid_rows, provenance) -> counts: write them, in the
       caller's transaction.
+    - read_partition(batch, raw, skip, (n, count)) -> as read, only the
+      rows of partition n (all rows of a person in one partition, in file
+      order; `skip` counts that partition's rows). A format that has it is
+      imported by IMPORT_PARTITIONS processes at once.
     """
 
     key: str
@@ -85,6 +90,7 @@ class PipelineFormat:
     plan: Planner
     apply: Applier
     organization_kinds: tuple[str, ...] = (Organization.Kind.MUNICIPALITY,)
+    read_partition: PartitionReader | None = None
 
 
 FORMATS: dict[str, PipelineFormat] = {}
@@ -381,10 +387,49 @@ def batch_validate(ctx: JobContext) -> dict[str, Any]:
     return counts
 
 
+def _provenance(ctx: JobContext, batch: Batch) -> Provenance:
+    return provenance_create(
+        origin=(
+            Provenance.Origin.MUNICIPALITY
+            if batch.organization.kind == Organization.Kind.MUNICIPALITY
+            else Provenance.Origin.CLINIC
+        ),
+        user=batch.confirmed_by,
+        organization=batch.organization,
+        source=f"batch:{batch.pk}:{batch.sha256[:12]}",
+        job_id=ctx.job.pk,
+    )
+
+
+def _imported(batch: Batch, counts: dict[str, int]) -> dict[str, int]:
+    with transaction.atomic():
+        Batch.objects.filter(pk=batch.pk).update(
+            status=Batch.Status.IMPORTED, result=counts, finished_at=timezone.now()
+        )
+    logger.info("batch %s imported: %s", batch.pk, counts)
+    return counts
+
+
+def _partition_count(ctx: JobContext, fmt: PipelineFormat) -> int:
+    """How many processes import this job: as many as when it started (its
+    cursor says), else IMPORT_PARTITIONS when the format can be read by
+    partition. One when the job began in one process, or when the caller
+    holds a transaction open (the processes could not see its rows: a test
+    in a transaction)."""
+    if "partitions" in ctx.cursor:
+        return int(ctx.cursor["partition_count"])
+    if fmt.read_partition is None or "rows" in ctx.cursor or connection.in_atomic_block:
+        return 1
+    return int(settings.IMPORT_PARTITIONS)
+
+
 @job_handler("batch.import", on_failure=batch_failed)
 def batch_import(ctx: JobContext) -> dict[str, Any]:
     batch = Batch.objects.select_related("organization").get(pk=ctx.payload["batch_id"])
     fmt = format_get(batch.format)
+    count = _partition_count(ctx, fmt)
+    if count > 1:
+        return _import_partitioned(ctx, batch, fmt, count)
     done = int(ctx.cursor.get("rows", 0))
     counts = dict(ctx.cursor.get("counts") or zero_counts())
     # Test hook: slow each chunk so a test can kill the worker mid-way.
@@ -392,17 +437,7 @@ def batch_import(ctx: JobContext) -> dict[str, Any]:
     chunk_rows = int(ctx.payload.get("chunk_rows", CHUNK_ROWS))
     provenance_id = ctx.cursor.get("provenance_id")
     if provenance_id is None:
-        provenance = provenance_create(
-            origin=(
-                Provenance.Origin.MUNICIPALITY
-                if batch.organization.kind == Organization.Kind.MUNICIPALITY
-                else Provenance.Origin.CLINIC
-            ),
-            user=batch.confirmed_by,
-            organization=batch.organization,
-            source=f"batch:{batch.pk}:{batch.sha256[:12]}",
-            job_id=ctx.job.pk,
-        )
+        provenance = _provenance(ctx, batch)
     else:
         provenance = Provenance.objects.get(pk=provenance_id)
     handle, rows, _encoding = _open(batch, fmt, done)
@@ -423,9 +458,96 @@ def batch_import(ctx: JobContext) -> dict[str, Any]:
                 )
             if pause:
                 time.sleep(pause)
-    with transaction.atomic():
-        Batch.objects.filter(pk=batch.pk).update(
-            status=Batch.Status.IMPORTED, result=counts, finished_at=timezone.now()
-        )
-    logger.info("batch %s imported: %s", batch.pk, counts)
-    return counts
+    return _imported(batch, counts)
+
+
+def _import_partitioned(
+    ctx: JobContext, batch: Batch, fmt: PipelineFormat, count: int
+) -> dict[str, Any]:
+    """The import in `count` processes at once, each reading the whole file
+    but parsing and writing only the rows of its partition (by person:
+    phr.tabular.partition_of), so Python (parsing, mapping) and PostgreSQL
+    (indexes, COPY) work at the same time. Each partition commits its
+    chunks with its own cursor entry (cursor["partitions"][n]: rows done,
+    counts) under the job's lease and resumes after its own last chunk; the
+    job's progress and counts are the sum. A failed partition fails the job
+    with its error (run_partitions stops the others)."""
+    if "partitions" not in ctx.cursor:
+        # The provenance and the partition count are fixed once, before any
+        # partition starts, so that every process and every resumption uses
+        # the same.
+        with transaction.atomic():
+            provenance_id = ctx.cursor.get("provenance_id") or _provenance(ctx, batch).pk
+            ctx.checkpoint(
+                cursor={"provenance_id": provenance_id, "partition_count": count, "partitions": {}}
+            )
+    starts: dict[str, dict[str, Any]] = dict(ctx.cursor["partitions"])
+    provenance = Provenance.objects.get(pk=ctx.cursor["provenance_id"])
+    pause = float(ctx.payload.get("pause_per_chunk", 0))
+    chunk_rows = int(ctx.payload.get("chunk_rows", CHUNK_ROWS))
+    read_partition = fmt.read_partition
+    assert read_partition is not None
+
+    def work(part: int) -> None:
+        start = starts.get(str(part), {})
+        done = int(start.get("rows", 0))
+        counts = dict(start.get("counts") or zero_counts())
+        handle = batch_file_path(batch).open("rb")
+        with handle:
+            rows, _encoding = read_partition(batch, handle, done, (part, count))
+            for chunk in _chunks(rows, chunk_rows):
+                valid = [row for row in chunk if row.ok]
+                counts = _apply_partition_chunk(
+                    ctx, fmt, batch, provenance, part, chunk, valid, done, counts
+                )
+                done += len(chunk)
+                if pause:
+                    time.sleep(pause)
+
+    run_partitions(count, work)
+    ctx.job.refresh_from_db()
+    counts = zero_counts()
+    for part in ctx.job.cursor.get("partitions", {}).values():
+        add_counts(counts, part["counts"])
+    return _imported(batch, counts)
+
+
+DEADLOCK_RETRIES = 5
+
+
+def _apply_partition_chunk(
+    ctx: JobContext,
+    fmt: PipelineFormat,
+    batch: Batch,
+    provenance: Provenance,
+    part: int,
+    chunk: list[Row],
+    valid: list[Row],
+    done: int,
+    counts: dict[str, int],
+) -> dict[str, int]:
+    """Write one chunk of a partition with its cursor entry in one
+    transaction; return the partition's counts after it. Partitions share
+    mothers (created once under the importer's advisory locks, taken in
+    sorted order) and the job row; should PostgreSQL still report a
+    deadlock, the chunk rolled back as a whole and is done again."""
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            with transaction.atomic():
+                after = dict(counts)
+                add_counts(after, fmt.apply(batch, valid, provenance) if valid else {})
+                add_counts(
+                    after,
+                    {"rows": len(chunk), "valid": len(valid), "invalid": len(chunk) - len(valid)},
+                )
+                ctx.checkpoint_part(
+                    part=str(part),
+                    value={"rows": done + len(chunk), "counts": after},
+                    progress_add=len(chunk),
+                )
+            return after
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "pgcode", None) != "40P01" or attempt == DEADLOCK_RETRIES:
+                raise
+            logger.warning("batch %s partition %s: deadlock, chunk retried", batch.pk, part)
+    raise AssertionError("unreachable")

@@ -20,6 +20,7 @@ import csv
 import io
 import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -443,10 +444,41 @@ def read_header(cells: list[str], columns: Sequence[Column]) -> Header:
     return Header(positions, written, ignored, len(cells))
 
 
-def rows(stream: IO[str], columns: Sequence[Column], *, skip: int = 0) -> Iterator[Row]:
+# A row's partition is decided by its person: the first of these columns
+# that has a value (a child's rows and a mother's own rows by their
+# resident number; a row without one by the mother's).
+PARTITION_COLUMNS = ("resident_number", "mother_resident_number")
+
+
+def partition_of(cells: list[str], header: Header, count: int) -> int:
+    """Which of `count` partitions a record belongs to, from its raw cells
+    before it is parsed: a stable hash (CRC-32, the same in every process
+    and on every run) of the person's resident number normalised as the
+    importer does (NFKC, upper case), so all rows of one person fall in one
+    partition. A record with no number goes to partition 0."""
+    for key in PARTITION_COLUMNS:
+        position = header.positions.get(key)
+        if position is None or position >= len(cells):
+            continue
+        value = normalize(cells[position]).upper()
+        if value:
+            return zlib.crc32(value.encode("utf-8", "surrogatepass")) % count
+    return 0
+
+
+def rows(
+    stream: IO[str],
+    columns: Sequence[Column],
+    *,
+    skip: int = 0,
+    partition: tuple[int, int] | None = None,
+) -> Iterator[Row]:
     """Yield each data record of a CSV text stream as a Row (the header is
     read first; `skip` data records are passed over without parsing, to
-    resume a job after its last committed chunk)."""
+    resume a job after its last committed chunk). With `partition=(n,
+    count)` only the records of partition n are parsed and yielded (and
+    counted by `skip`); the others are passed over after the CSV split. A
+    record the CSV reader cannot read belongs to partition 0."""
     reader = csv.reader(stream, strict=False)
     header: Header | None = None
     line_before = 0
@@ -466,6 +498,8 @@ def rows(stream: IO[str], columns: Sequence[Column], *, skip: int = 0) -> Iterat
             # The reader cannot tell where the broken record ends: a line
             # it resumed at could be the middle of a row. Stop here rather
             # than read shifted cells as rows (a resumed job stops here too).
+            if partition is not None and partition[0] != 0:
+                break
             seen += 1
             if seen > skip:
                 yield Row(
@@ -493,6 +527,8 @@ def rows(stream: IO[str], columns: Sequence[Column], *, skip: int = 0) -> Iterat
             continue
         if not any(c.strip() for c in cells):
             continue  # blank lines are not records
+        if partition is not None and partition_of(cells, header, partition[1]) != partition[0]:
+            continue
         seen += 1
         if seen <= skip:
             continue

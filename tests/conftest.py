@@ -155,18 +155,23 @@ def _database_url() -> str:
 @pytest.fixture
 def start_worker() -> Iterator[Any]:
     """Start real Celery worker processes (on REDIS_URL, against the test
-    database) and kill them all at the end: start(lease_seconds=3)."""
+    database) and kill them all at the end: start(lease_seconds=3); a
+    prefork worker with pool="prefork" (one pool process), more settings
+    with env={...}."""
     workers: list[subprocess.Popen[bytes]] = []
 
     from django.conf import settings
 
-    def start(lease_seconds: int = 3) -> subprocess.Popen[bytes]:
-        env = {
+    def start(
+        lease_seconds: int = 3, pool: str = "solo", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        environment = {
             **os.environ,
             "DATABASE_URL": _database_url(),
             "JOB_LEASE_SECONDS": str(lease_seconds),
             "DEBUG": "1",
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            **(env or {}),
         }
         process = subprocess.Popen(
             [
@@ -176,14 +181,15 @@ def start_worker() -> Iterator[Any]:
                 "-A",
                 "config",
                 "worker",
-                "--pool=solo",
+                f"--pool={pool}",
+                *(["--concurrency=1"] if pool == "prefork" else []),
                 "--loglevel=warning",
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
             ],
             cwd=ROOT,
-            env=env,
+            env=environment,
             start_new_session=True,
         )
         workers.append(process)

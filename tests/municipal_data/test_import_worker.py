@@ -138,3 +138,90 @@ def test_a_killed_worker_loses_and_duplicates_nothing(start_worker: Any) -> None
     assert recovered["records"] == recovered["distinct_keys"]
     assert recovered["history"] == recovered["records"]  # nothing written twice
     assert Batch.objects.get(pk=batch.pk).result["created"] == recovered["records"]
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_two_partitions_in_a_prefork_worker_killed_mid_import(start_worker: Any) -> None:
+    """IMPORT_PARTITIONS=2 in a prefork worker: the pool process forks two
+    partition processes. kill -9 of the pool process alone (not its group)
+    takes the partitions with it (PR_SET_PDEATHSIG) — nothing writes after
+    it — and the job resumes each partition after its own last chunk."""
+    crashed_town = Organization.objects.create(
+        kind=Organization.Kind.MUNICIPALITY, code="102016", name="前橋市"
+    )
+    clean_town = Organization.objects.create(
+        kind=Organization.Kind.MUNICIPALITY, code="102024", name="高崎市"
+    )
+    start_worker(lease_seconds=3, pool="prefork", env={"IMPORT_PARTITIONS": "2"})
+    batch = _validated(crashed_town, _file(crashed_town.code))
+
+    pipeline.batch_confirm(
+        batch=batch, user=None, job_options={"chunk_rows": CHUNK, "pause_per_chunk": 0.7}
+    )
+    job_id = Batch.objects.get(pk=batch.pk).import_job_id
+
+    def both_started() -> bool:
+        job = Job.objects.get(pk=job_id)
+        return job.progress_done >= 2 * CHUNK and len(job.cursor.get("partitions", {})) == 2
+
+    wait_for(both_started, 120)
+    running = Job.objects.get(pk=job_id)
+    pool_process = int(running.worker.rsplit(":", 1)[1])
+    partitions = _children(pool_process)
+    assert len(partitions) == 2
+    os.kill(pool_process, signal.SIGKILL)
+    wait_for(lambda: not any(_alive(pid) for pid in partitions), 10)
+
+    crashed = Job.objects.get(pk=job_id)
+    assert crashed.worker == running.worker
+    assert 2 * CHUNK <= crashed.progress_done < ROWS
+    assert sorted(crashed.cursor["partitions"]) == ["0", "1"]
+    assert sum(p["rows"] for p in crashed.cursor["partitions"].values()) == crashed.progress_done
+    assert all(p["rows"] % CHUNK == 0 for p in crashed.cursor["partitions"].values())
+    partial = _snapshot(crashed_town)
+    assert partial["history"] == partial["records"] > 0
+    time.sleep(2)  # nobody is left to write
+    assert Job.objects.get(pk=job_id).progress_done == crashed.progress_done
+    assert _snapshot(crashed_town) == partial
+
+    # The worker's main process starts a new pool process; once the lease
+    # ran out the sweeper re-queues the job and it resumes both partitions.
+    time.sleep(3.5)
+    wait_for(lambda: bool(sweep_expired_leases()) or Job.objects.get(pk=job_id).status != "running")
+    wait_for(lambda: Batch.objects.get(pk=batch.pk).status == Batch.Status.IMPORTED, 180)
+    done = Job.objects.get(pk=job_id)
+    assert done.status == Job.Status.DONE
+    assert done.worker != running.worker
+    assert done.progress_done == ROWS
+    assert sum(p["rows"] for p in done.cursor["partitions"].values()) == ROWS
+
+    clean = _validated(clean_town, _file(clean_town.code))
+    pipeline.batch_confirm(batch=clean, user=None, job_options={"chunk_rows": CHUNK})
+    wait_for(lambda: Batch.objects.get(pk=clean.pk).status == Batch.Status.IMPORTED, 180)
+    recovered = _snapshot(crashed_town)
+    assert recovered == _snapshot(clean_town)
+    assert recovered["records"] == recovered["distinct_keys"]
+    assert recovered["history"] == recovered["records"]
+    assert Batch.objects.get(pk=batch.pk).result["created"] == recovered["records"]
