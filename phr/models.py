@@ -418,6 +418,13 @@ class Job(models.Model):
                 name="phr_job_running_lease",
                 condition=Q(status="running"),
             ),
+            # serves "is one already queued or running?" (feed_busy): the
+            # open jobs are few, the finished ones pile up
+            models.Index(
+                fields=["kind"],
+                name="phr_job_open_kind",
+                condition=Q(status__in=["queued", "running"]),
+            ),
         ]
 
     def __str__(self) -> str:
