@@ -61,6 +61,28 @@ _TYPE_ID = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 _ABSOLUTE = re.compile(r"^(https?://.+/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/.*)?$")
 
 
+def _server_references(
+    resource: dict[str, Any], base: str
+) -> Iterator[tuple[dict[str, Any], str, str]]:
+    """Every reference of a resource in the form Type/id (relative, or
+    absolute under the server's base): the element holding it, the type
+    and the reference relative to the base."""
+    stack: list[Any] = [resource]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            reference = node.get("reference")
+            if isinstance(reference, str):
+                if reference.startswith(base):
+                    reference = reference[len(base) :]
+                match = _TYPE_ID.match(reference)
+                if match is not None:
+                    yield node, match.group(1), reference
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, dict | list))
+
+
 @dataclass
 class _Record:
     """What writing a good entry needs (Row.record of this format)."""
@@ -233,20 +255,9 @@ class _Page:
 
     def _patient_references(self, resource: dict[str, Any], base: str) -> Iterator[uuid.UUID]:
         """The derived ids of the server's Patient references in a resource."""
-        stack: list[Any] = [resource]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, dict):
-                reference = node.get("reference")
-                if isinstance(reference, str):
-                    if reference.startswith(base):
-                        reference = reference[len(base) :]
-                    match = _TYPE_ID.match(reference)
-                    if match is not None and match.group(1) == "Patient":
-                        yield store.source_resource_id("Patient", store.Source(base, reference))
-                stack.extend(v for v in node.values() if isinstance(v, dict | list))
-            elif isinstance(node, list):
-                stack.extend(v for v in node if isinstance(v, dict | list))
+        for _node, kind, reference in _server_references(resource, base):
+            if kind == "Patient":
+                yield store.source_resource_id("Patient", store.Source(base, reference))
 
     def _check(
         self, row: Row, full_url: str | None, resource: Any
@@ -307,23 +318,11 @@ class _Page:
     def _rewrite(self, resource: dict[str, Any], base: str) -> None:
         """The server's references (relative, or absolute under its base)
         to our ids for the same source identifiers."""
-        stack: list[Any] = [resource]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, dict):
-                reference = node.get("reference")
-                if isinstance(reference, str):
-                    if reference.startswith(base):
-                        reference = reference[len(base) :]
-                    match = _TYPE_ID.match(reference)
-                    if match is not None and match.group(1) in indexing.SUPPORTED_TYPES:
-                        kind = match.group(1)
-                        ours = store.source_resource_id(kind, store.Source(base, reference))
-                        ours = self.resolved.get(ours, ours)  # a patient known here
-                        node["reference"] = f"{kind}/{ours}"
-                stack.extend(v for v in node.values() if isinstance(v, dict | list))
-            elif isinstance(node, list):
-                stack.extend(v for v in node if isinstance(v, dict | list))
+        for node, kind, reference in _server_references(resource, base):
+            if kind in indexing.SUPPORTED_TYPES:
+                ours = store.source_resource_id(kind, store.Source(base, reference))
+                ours = self.resolved.get(ours, ours)  # a patient known here
+                node["reference"] = f"{kind}/{ours}"
 
     def _allowed(self, patient_id: uuid.UUID, category: str) -> bool:
         from sharing.access import may_write
