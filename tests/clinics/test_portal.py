@@ -15,9 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from allauth.mfa.adapter import get_adapter as get_mfa_adapter
-from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 from django.core.cache import cache
 from django.http import HttpResponse
 from django.test import Client
@@ -34,6 +31,7 @@ from phr.terminology import CATEGORY_SYSTEM, UCUM, Category
 from sharing.models import ConsentPurpose
 from sharing.services import consent_grant, consent_revoke, dv_block_set
 from tests import factories as f
+from tests.totp import code_for_user
 
 pytestmark = pytest.mark.django_db
 
@@ -60,10 +58,7 @@ def client_for(user: Any) -> Client:
 
 
 def totp_code(user: Any) -> str:
-    authenticator = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP)
-    secret = get_mfa_adapter().decrypt(authenticator.data["secret"])
-    counter = int(timezone.now().timestamp()) // 30
-    return format_hotp_value(hotp_value(secret, counter))
+    return code_for_user(user)
 
 
 def fresh_client(user: Any) -> Client:

@@ -8,14 +8,10 @@ read she reports reaches the town's privacy officer."""
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from allauth.mfa.adapter import get_adapter as get_mfa_adapter
-from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 from django.conf import settings
 from django.core.cache import cache
 from django.core.management import call_command
@@ -23,6 +19,7 @@ from django.core.management import call_command
 from phr.models import User
 from sharing.models import Consent
 from tests.e2e.test_parent_journey import serious_violations, watch_console
+from tests.totp import code_for_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -36,11 +33,7 @@ SCREENSHOTS = Path(tempfile.gettempdir())
 
 def totp_code(email: str) -> str:
     """The authenticator app's current code, from the secret allauth keeps."""
-    authenticator = Authenticator.objects.get(
-        user=User.objects.get(email=email), type=Authenticator.Type.TOTP
-    )
-    secret = get_mfa_adapter().decrypt(authenticator.data["secret"])
-    return format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+    return code_for_user(User.objects.get(email=email))
 
 
 def log_in(page: Any, base: str, email: str, *, totp: bool = False) -> None:

@@ -10,9 +10,8 @@ from datetime import timedelta
 import pytest
 import time_machine
 from allauth.account.models import EmailAddress
-from allauth.mfa.adapter import get_adapter as get_mfa_adapter
 from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import SECRET_SESSION_KEY, format_hotp_value, hotp_value
+from allauth.mfa.totp.internal.auth import SECRET_SESSION_KEY
 from django.core import mail
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
@@ -23,6 +22,7 @@ from django.utils import timezone
 from phr.auth import sensitive_action
 from phr.models import User
 from tests import factories as f
+from tests.totp import code_for_secret, code_for_user
 
 pytestmark = pytest.mark.django_db
 
@@ -54,10 +54,7 @@ def log_in(client: Client, email: str, password: str = f.PASSWORD) -> HttpRespon
 
 
 def totp_code(user: User) -> str:
-    authenticator = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP)
-    secret = get_mfa_adapter().decrypt(authenticator.data["secret"])
-    counter = int(timezone.now().timestamp()) // 30
-    return format_hotp_value(hotp_value(secret, counter))
+    return code_for_user(user)
 
 
 def reauthenticate(client: Client, password: str = f.PASSWORD) -> HttpResponse:
@@ -160,7 +157,7 @@ def test_it_activates_totp_and_shows_recovery_codes(client: Client, parent: User
     client.get(reverse("mfa_activate_totp"))
     # The secret shown as a QR code waits in the session until activation.
     secret = str(client.session[SECRET_SESSION_KEY])
-    code = format_hotp_value(hotp_value(secret, int(timezone.now().timestamp()) // 30))
+    code = code_for_secret(secret)
     response = client.post(reverse("mfa_activate_totp"), {"code": code})
     assert response.status_code == 302
     assert Authenticator.objects.filter(user=parent, type=Authenticator.Type.TOTP).exists()

@@ -13,9 +13,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from allauth.mfa.adapter import get_adapter as get_mfa_adapter
-from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
 from django.core import mail
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
@@ -31,6 +28,7 @@ from phr.terminology import CATEGORY_SYSTEM, LOINC
 from sharing import emergency
 from sharing.models import BreakGlass, DvBlock, EmergencyCard, EmergencyPreference
 from tests import factories as f
+from tests.totp import code_for_user
 
 pytestmark = pytest.mark.django_db
 
@@ -183,10 +181,7 @@ def entries(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
 
 
 def totp_code(user: User) -> str:
-    authenticator = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP)
-    secret = get_mfa_adapter().decrypt(authenticator.data["secret"])
-    counter = int(timezone.now().timestamp()) // 30
-    return format_hotp_value(hotp_value(secret, counter))
+    return code_for_user(user)
 
 
 def fresh_client(user: User) -> Client:
