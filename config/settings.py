@@ -223,7 +223,12 @@ SESSION_COOKIE_SAMESITE = "Lax"
 # --- Internationalisation ----------------------------------------------------
 LANGUAGE_CODE = "ja"
 LANGUAGES = [("ja", _("Japanese")), ("en", _("English"))]
-LOCALE_PATHS = [BASE_DIR / "locale"]
+# locale/ holds the project's catalog; locale/features/<name>/ catalogs of
+# work in progress are merged into it (msgcat) when the work lands.
+LOCALE_PATHS = [
+    BASE_DIR / "locale",
+    *sorted(p for p in (BASE_DIR / "locale" / "features").glob("*") if p.is_dir()),
+]
 USE_I18N = True
 TIME_ZONE = "Asia/Tokyo"  # what people see; the database stores UTC
 USE_TZ = True

@@ -20,5 +20,9 @@ urlpatterns = [
     path("municipal/", include("municipal_data.urls")),
     path("clinic/", include("clinics.urls")),
     path("link/", include("municipal_data.link_urls")),
+    path("handbook/", include("phr.handbook_urls")),
+    path("medications/", include("phr.medication_urls")),
+    path("notifications/", include("phr.reminder_urls")),
+    path("family/", include("phr.family_urls")),
     path("", include("phr.urls")),
 ]
