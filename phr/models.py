@@ -778,3 +778,99 @@ class FeedRun(models.Model):
     @property
     def duration(self) -> timedelta | None:
         return self.finished_at - self.started_at if self.finished_at else None
+
+
+# --------------------------------------------------------------------------
+# Reminders (phr/reminders.py, docs/decisions/0015-reminders.md): a guardian's
+# settings, and one row per (guardian, child, schedule item, stage) that is
+# both the in-app notification and the record of its email.
+# --------------------------------------------------------------------------
+
+
+class NotificationSettings(models.Model):
+    """What reminders a user wants, and where. No row means the defaults
+    (everything on)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="notification_settings"
+    )
+    email_enabled = models.BooleanField(_("email reminders"), default=True)
+    in_app_enabled = models.BooleanField(_("reminders in the notification list"), default=True)
+    vaccinations = models.BooleanField(_("vaccinations"), default=True)
+    checkups = models.BooleanField(_("checkups"), default=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"notification settings of {self.user_id}"
+
+
+class Reminder(models.Model):
+    """One reminder: a schedule item of one child reaching one stage, for
+    one guardian. The unique constraint is what makes the daily job
+    idempotent — a second run (or a concurrent one) cannot create it again,
+    so it is shown and mailed at most once.
+
+    The email goes through pending → sending (claimed by a guarded UPDATE,
+    committed before the SMTP call) → sent; or skipped (email off, or the
+    item no longer due when it came to be sent), failed (the mail server
+    refused it every time) or unknown (a worker died between claiming and
+    recording: it may or may not have gone out, and is never re-sent).
+    """
+
+    class Stage(models.TextChoices):
+        DUE_SOON = "due_soon", _("due soon")
+        OVERDUE = "overdue", _("overdue")
+
+    class Kind(models.TextChoices):
+        VACCINATION = "vaccination", _("vaccination")
+        CHECKUP = "checkup", _("checkup")
+
+    class Email(models.TextChoices):
+        PENDING = "pending", _("waiting to be sent")
+        SENDING = "sending", _("being sent")
+        SENT = "sent", _("sent")
+        SKIPPED = "skipped", _("not sent")
+        FAILED = "failed", _("failed")
+        UNKNOWN = "unknown", _("unknown (interrupted while sending)")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="reminders")
+    patient = models.ForeignKey(Patient, models.CASCADE, related_name="+")
+    item_key = models.CharField(max_length=64)  # phr.schedules DueItem.key
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # The item's label in the guardian's language when the reminder was made.
+    label = models.CharField(max_length=200)
+    due_from = models.DateField()
+    due_until = models.DateField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    in_app = models.BooleanField(default=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    email_status = models.CharField(max_length=16, choices=Email.choices)
+    email_claimed_at = models.DateTimeField(null=True, blank=True)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    email_attempts = models.PositiveSmallIntegerField(default=0)
+    email_error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "patient", "item_key", "stage"], name="phr_reminder_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(email_status="sent") | Q(email_sent_at__isnull=True),
+                name="phr_reminder_sent_at_only_when_sent",
+            ),
+        ]
+        indexes = [
+            # serves the notification list: a user's reminders, newest first
+            models.Index(fields=["user", "-created_at"], name="phr_reminder_user_recent"),
+            # serves the job: emails still to send, or claimed and never recorded
+            models.Index(
+                fields=["user", "email_status"],
+                name="phr_reminder_email_open",
+                condition=Q(email_status__in=["pending", "sending"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.patient_id} {self.item_key} {self.stage}"
