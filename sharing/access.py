@@ -1099,8 +1099,41 @@ CLINIC_REGISTERED = Decision(
 )
 
 
-def may_write(user: Any, patient: Patient | uuid.UUID, *, category: str) -> Decision:
+# What a family records itself (purpose=personal writes): school checkup
+# results the school did not send, birth data missing from the records, the
+# parents' own notes (保護者の記録 / 妊婦の記録), home vitals and medicines.
+# Never a clinic's or municipality's categories of examination results
+# (prenatal checkups, vaccinations).
+FAMILY_WRITABLE = (
+    Category.SCHOOL_CHECKUPS,
+    Category.INFANT_CHECKUPS,
+    Category.PREGNANCY,
+    Category.VITALS,
+    Category.MEDICATIONS,
+    Category.ALLERGIES_CONDITIONS,
+)
+
+
+def _may_write_personal(user: Any, patient_id: uuid.UUID, category: str) -> Decision:
+    """The family's own writes: an adult for herself (rule self), a
+    guardian for a child under an active guardianship (rule guardian), of
+    the FAMILY_WRITABLE categories — the same grants that let them read."""
+    if category not in FAMILY_WRITABLE:
+        return DENY
+    for grant in _for_purpose(user, Purpose.PERSONAL):
+        if grant.rule in ("self", "guardian") and grant.names(patient_id):
+            return _decision(grant, patient_id)
+    return DENY
+
+
+def may_write(
+    user: Any, patient: Patient | uuid.UUID, *, category: str, purpose: str = Purpose.CARE
+) -> Decision:
     """May `user`, as clinic staff, write `category` records for `patient`?
+    (With purpose=Purpose.PERSONAL: may they, as the patient herself or a
+    guardian, write the family's own `category` records? — see
+    FAMILY_WRITABLE; no clinic rule answers then, and no family rule
+    answers a care write.)
 
     Writing asks more than reading: the records a clinic submitted before
     (rule clinic_submitted) let it read them, never add more. Yes when
@@ -1119,6 +1152,8 @@ def may_write(user: Any, patient: Patient | uuid.UUID, *, category: str) -> Deci
     patient_id = patient.pk if isinstance(patient, Patient) else patient
     if patient_id in blocked_patients(user):
         return DV_BLOCKED
+    if purpose == Purpose.PERSONAL:
+        return _may_write_personal(user, patient_id, category)
     for grant in _grants(user):
         if (
             grant.rule == "consent"
