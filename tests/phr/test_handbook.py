@@ -514,3 +514,11 @@ def test_the_mother_keeps_notes_in_her_pregnancy_handbook(
     )
     assert note.category == "pregnancy"
     assert "胎動を感じた" in text_of(client.get(book_url(mother_patient)))
+
+
+def test_the_family_overview_and_the_person_page_link_to_the_handbook(
+    mother: Any, child: Any
+) -> None:
+    client = client_for(mother)
+    assert book_url(child) in client.get(reverse("phr:home")).content.decode()
+    assert book_url(child) in client.get(reverse("phr:person", args=[child.pk])).content.decode()
