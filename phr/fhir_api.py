@@ -595,6 +595,78 @@ class VersionView(FhirView):
         return self.resource_response(request, version)
 
 
+class EverythingView(FhirView):
+    """GET /fhir/Patient/{id}/$everything: the patient's records the caller
+    may see (a clinic under a care consent: the granted categories), as a
+    searchset with their Provenance included, newest first, paged with the
+    signed cursor of searches. _since (an instant), _type (types, comma:
+    any of) and _count narrow it. Missing and withheld patients alike: 404."""
+
+    PARAMS = frozenset({"_since", "_type", fhir_search.COUNT, fhir_search.CURSOR})
+
+    def get(self, request: Request, resource_id: str) -> Response:
+        from phr import export
+
+        user = request.user
+        row = fhir_search.resource_for(user, "Patient", resource_id)
+        if row is None:
+            audit_blocked_attempt(user, action="fhir.everything", resource=("Patient", resource_id))
+            raise not_found("Patient", resource_id)
+        if row.deleted:
+            raise gone("Patient", resource_id)
+        query = query_lists(request)
+        unknown = set(query) - self.PARAMS - fhir_search.IGNORED
+        if unknown:
+            raise SearchError(
+                f"Unsupported $everything parameter(s): {', '.join(sorted(unknown))}; "
+                "supported: _since, _type, _count",
+                code="not-supported",
+            )
+        since = None
+        params: list[tuple[str, str]] = []
+        for value in query.get("_since", ())[-1:]:
+            prefix, since, _last = fhir_search.parse_date_value(value)
+            if prefix != "eq" or value[:2].isalpha():
+                raise SearchError("_since takes an instant, without a prefix")
+            params.append(("_since", value))
+        types: list[str] = []
+        for value in query.get("_type", ()):
+            for name in fhir_search.split_or(value):
+                if name not in indexing.SUPPORTED_TYPES:
+                    raise SearchError(f"_type: resource type {name!r} is not supported")
+                types.append(name)
+            params.append(("_type", value))
+        count = fhir_search.page_size(query.get(fhir_search.COUNT, ()))
+        fingerprint = fhir_search._fingerprint(f"everything:{row.id}", params)
+        after = None
+        if query.get(fhir_search.CURSOR):
+            after = fhir_search.cursor_loads(
+                query[fhir_search.CURSOR][-1], user_id=user.pk, fingerprint=fingerprint
+            )
+        try:
+            page = export.everything_page(
+                user, patient_id=row.id, since=since, types=types, count=count, after=after
+            )
+        except (KeyError, TypeError, ValueError):
+            raise SearchError("Invalid paging cursor") from None
+        base = fhir_base(request)
+        links = [("self", request.build_absolute_uri())]
+        if page.next_position is not None:
+            cursor = fhir_search.cursor_dumps(
+                user_id=user.pk, fingerprint=fingerprint, position=page.next_position
+            )
+            next_query = [*params, ("_count", str(count)), ("_cursor", cursor)]
+            links.append(("next", f"{base}Patient/{row.id}/$everything?{urlencode(next_query)}"))
+        audit_rows(
+            user,
+            page.rows,
+            action="fhir.everything",
+            detail={"interaction": "operation", "operation": "everything"},
+        )
+        entries = export.everything_entries(user, page.rows, base=base)
+        return Response(bundle("searchset", total=page.total, links=links, entries=entries))
+
+
 # --------------------------------------------------------------------------
 # Consent: a read-only projection of sharing.Consent rows (sharing/fhir.py)
 # --------------------------------------------------------------------------
@@ -752,9 +824,20 @@ def capability_statement(base: str) -> dict[str, Any]:
             interactions.append("create")
         if resource_type in DELETE_TYPES:
             interactions.append("delete")
+        operations = []
+        if resource_type == "Patient":
+            # phr/export.py: the patient's records as a searchset, paged.
+            operations.append(
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    "documentation": "_since, _type and _count; the caller's access applies",
+                }
+            )
         resources.append(
             {
                 "type": resource_type,
+                **({"operation": operations} if operations else {}),
                 "interaction": [{"code": code} for code in interactions],
                 "versioning": "versioned",
                 "readHistory": True,

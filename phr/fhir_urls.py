@@ -12,6 +12,12 @@ urlpatterns = [
     # POST /fhir: transaction and batch Bundles (phr/fhir_bundle.py).
     path("", fhir_bundle.BundleView.as_view(), name="base"),
     path("metadata", fhir_api.CapabilityStatementView.as_view(), name="metadata"),
+    # Patient/$everything (phr/export.py): one patient's records, paged.
+    path(
+        "Patient/<str:resource_id>/$everything",
+        fhir_api.EverythingView.as_view(),
+        name="everything",
+    ),
     path("<str:resource_type>", fhir_api.TypeView.as_view(), name="type"),
     path("<str:resource_type>/<str:resource_id>", fhir_api.InstanceView.as_view(), name="instance"),
     path(

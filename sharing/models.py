@@ -283,3 +283,75 @@ class AccessReport(models.Model):
 
     def __str__(self) -> str:
         return f"report on audit {self.audit_event_id} ({self.status})"
+
+
+class GuardianInvitation(models.Model):
+    """A guardian's invitation to a second guardian, by email, for one or
+    more of her children (phr/family.py). Accepting it — signed in with an
+    account whose verified email is the invited one — makes the invitee a
+    guardian of those children; never of the inviter herself (an adult's
+    records are hers).
+
+    Only the SHA-256 of the token in the emailed link is stored. Single
+    use, expiring, revocable by the inviter; status is derived, never
+    stored."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("waiting for an answer")
+        ACCEPTED = "accepted", _("accepted")
+        REVOKED = "revoked", _("withdrawn")
+        EXPIRED = "expired", _("expired")
+
+    class Relationship(models.TextChoices):
+        # The invitee's relationship to the children (phr.Guardianship).
+        MOTHER = "mother", _("mother")
+        FATHER = "father", _("father")
+        OTHER = "other", _("other guardian")
+
+    inviter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="guardian_invitations_sent"
+    )
+    children = models.ManyToManyField("phr.Patient", related_name="+")
+    email = models.EmailField(_("email address"))
+    relationship = models.CharField(
+        _("relationship"), max_length=8, choices=Relationship.choices
+    )
+    # The language of the email (the inviter's choice).
+    language = models.CharField(max_length=8, default="ja")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=F("created_at")),
+                name="sharing_guardianinv_expires_after_creation",
+            ),
+        ]
+        indexes = [
+            # serves the family page: an inviter's invitations, newest first
+            models.Index(fields=["inviter", "-created_at"], name="sharing_guardianinv_inviter"),
+        ]
+
+    def __str__(self) -> str:
+        return f"guardian invitation {self.pk} ({self.inviter_id})"
+
+    def status_at(self, at: Any = None) -> str:
+        moment = at or timezone.now()
+        if self.accepted_at is not None:
+            return self.Status.ACCEPTED
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at <= moment:
+            return self.Status.EXPIRED
+        return self.Status.ACTIVE
+
+    @property
+    def status(self) -> str:
+        return self.status_at()
