@@ -131,7 +131,7 @@ def invitation(request: HttpRequest) -> HttpResponse:
         try:
             accepted = family.guardian_invitation_accept(user=request.user, token=token)
         except family.InvitationError as error:
-            context = {"invitation": found, "token": token, "error": error.message}
+            context = {"invitation": None, "token": token, "error": error.message}
             return render(request, "phr/family/invitation.html", context, status=400)
         messages.success(
             request,
