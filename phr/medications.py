@@ -824,6 +824,31 @@ def statement_author_id(resource_id: uuid.UUID) -> int | None:
     )
 
 
+def statement_authors(resource_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+    """statement_author_id for several statements in one query."""
+    return dict(
+        ResourceHistory.objects.filter(
+            resource_id__in=list(resource_ids),
+            resource_type="MedicationStatement",
+            version=1,
+            provenance__origin=Provenance.Origin.SELF,
+        ).values_list("resource_id", "provenance__agent_user_id")
+    )
+
+
+def statement_initial(content: dict[str, Any]) -> dict[str, Any]:
+    """A statement as the entry form shows it again."""
+    period = content.get("effectivePeriod") or {}
+    return {
+        "name": medicine_name(content),
+        "dosage": medicine_detail(content),
+        "start": fhir_local_date(period.get("start")),
+        "end": fhir_local_date(period.get("end")),
+        "taking": content.get("status") in STATEMENT_CURRENT_STATUSES,
+        "note": "\n".join(note_texts(content)),
+    }
+
+
 def statement_save(
     *,
     patient: Patient,
@@ -896,6 +921,32 @@ def medicine_name(content: dict[str, Any]) -> str:
     if isinstance(reference, dict) and reference.get("display"):
         return str(reference["display"])
     return ""
+
+
+def note_texts(content: dict[str, Any]) -> list[str]:
+    return [
+        str(note["text"])
+        for note in content.get("note") or []
+        if isinstance(note, dict) and note.get("text")
+    ]
+
+
+def allergy_name(content: dict[str, Any]) -> str:
+    code = content.get("code") or {}
+    if isinstance(code, dict):
+        if code.get("text"):
+            return str(code["text"])
+        for coding in _codings(code):
+            if coding.get("display"):
+                return str(coding["display"])
+    return ""
+
+
+def statement_period(content: dict[str, Any]) -> tuple[date | None, date | None]:
+    period = content.get("effectivePeriod")
+    if isinstance(period, dict):
+        return fhir_local_date(period.get("start")), fhir_local_date(period.get("end"))
+    return fhir_local_date(content.get("effectiveDateTime")), None
 
 
 def medicine_detail(content: dict[str, Any]) -> str:
