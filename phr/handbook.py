@@ -804,3 +804,144 @@ def birth_items_recorded(*, user: Any, patient: Patient) -> dict[str, list[Item]
         ):
             found.setdefault(item.key, []).append(item)
     return found
+
+
+# --------------------------------------------------------------------------
+# The schedule (phr.schedules computes it; this only shapes it for the page)
+# --------------------------------------------------------------------------
+
+STATUS_LABELS = {
+    "overdue": pgettext_lazy("schedule", "Overdue"),
+    "due": pgettext_lazy("schedule", "Due now"),
+    "upcoming": pgettext_lazy("schedule", "Upcoming"),
+    "complete": pgettext_lazy("schedule", "Complete"),
+    "no_longer_eligible": pgettext_lazy("schedule", "No longer eligible"),
+    "not_applicable": pgettext_lazy("schedule", "Not applicable"),
+    "done": pgettext_lazy("schedule", "Done"),
+    "missed": pgettext_lazy("schedule", "Missed"),
+}
+# Due and overdue first: what needs doing now.
+_URGENCY = {"overdue": 0, "due": 1, "upcoming": 2}
+
+
+def status_label(status: str) -> str:
+    return str(STATUS_LABELS.get(status, status))
+
+
+@dataclass(frozen=True)
+class NextVaccination:
+    series: str
+    vaccine: str
+    label: str  # the dose ("5種混合 1期初回 2回目")
+    status: str
+    status_label: str
+    earliest: date
+    window_from: date | None
+    window_until: date | None
+    last_day: date
+
+
+@dataclass(frozen=True)
+class DoseRow:
+    number: int | None
+    day: date
+    age: str
+    sources: list[Source]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    series: str
+    label: str
+    status: str
+    status_label: str
+    doses: list[DoseRow]
+    next: NextVaccination | None
+
+
+@dataclass(frozen=True)
+class CheckupRow:
+    code: str
+    label: str
+    status: str
+    status_label: str
+    window_from: date
+    window_until: date
+    last_day: date
+    done_on: date | None
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    next_vaccinations: list[NextVaccination]
+    series: list[SeriesRow]
+    checkups: list[CheckupRow]
+    unplaced: int  # vaccinations the schedule could not place (shown in the list)
+
+
+def _dose_source(source: Any) -> Source:
+    origin = str(getattr(source, "origin", "") or Provenance.Origin.SYSTEM)
+    label = str(SOURCE_LABELS.get(origin, SOURCE_LABELS[Provenance.Origin.SYSTEM]))
+    organization = str(getattr(source, "organization", "") or getattr(source, "performer", ""))
+    return Source(origin, label, organization)
+
+
+def schedule_view(schedule: Any) -> ScheduleView:
+    """phr.schedules.ChildSchedule as the handbook shows it: the next
+    vaccinations (overdue and due first, then upcoming), every series with
+    its doses (one row per dose, every source that reported it), and the
+    checkups with done / due."""
+    birth = schedule.birth_date
+    upcoming: list[NextVaccination] = []
+    series: list[SeriesRow] = []
+    for plan in schedule.vaccines:
+        nxt = plan.next_dose
+        shown = None
+        if nxt is not None and plan.status in _URGENCY:
+            shown = NextVaccination(
+                series=plan.series,
+                vaccine=plan.label,
+                label=nxt.label,
+                status=plan.status,
+                status_label=status_label(plan.status),
+                earliest=nxt.earliest,
+                window_from=nxt.window_from,
+                window_until=nxt.window_until,
+                last_day=nxt.last_day,
+            )
+            upcoming.append(shown)
+        series.append(
+            SeriesRow(
+                series=plan.series,
+                label=plan.label,
+                status=plan.status,
+                status_label=status_label(plan.status),
+                doses=[
+                    DoseRow(
+                        number=dose.number,
+                        day=dose.on,
+                        age=selectors.age_text(birth, dose.on) if birth else "",
+                        sources=[_dose_source(s) for s in dose.sources],
+                        notes=tuple(dose.notes),
+                    )
+                    for dose in plan.doses
+                ],
+                next=shown,
+            )
+        )
+    upcoming.sort(key=lambda n: (_URGENCY[n.status], n.window_from or n.earliest, n.series))
+    checkups = [
+        CheckupRow(
+            code=plan.code,
+            label=plan.label,
+            status=plan.status,
+            status_label=status_label(plan.status),
+            window_from=plan.window_from,
+            window_until=plan.window_until,
+            last_day=plan.last_day,
+            done_on=next((v.on for v in plan.visits if v.on is not None), None),
+        )
+        for plan in schedule.checkups
+    ]
+    return ScheduleView(upcoming, series, checkups, len(schedule.unplaced))

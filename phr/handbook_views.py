@@ -24,7 +24,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from phr import handbook, handbook_services
+from phr import handbook, handbook_services, schedules
 from phr.handbook_forms import BirthDataForm, NoteForm, SchoolCheckupForm
 from phr.models import Patient
 from sharing.access import Category as C
@@ -87,6 +87,11 @@ def _context(request: HttpRequest, patient: Patient) -> dict[str, Any]:
     }
     if patient.kind == Patient.Kind.CHILD:
         context["book"] = handbook.child_handbook(user=request.user, patient=patient)
+        # The schedule engine (phr.schedules) decides due / overdue; the
+        # handbook only shows it.
+        plan = schedules.child_schedule(user=request.user, patient=patient, today=today)
+        if plan.birth_date is not None:
+            context["schedule"] = handbook.schedule_view(plan)
         context["may_enter_school"] = _may(request, patient, C.SCHOOL_CHECKUPS)
         context["may_enter_birth"] = _may(request, patient, C.INFANT_CHECKUPS)
         context["may_note"] = context["may_enter_birth"]

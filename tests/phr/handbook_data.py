@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from phr import demo, store, terminology
@@ -26,7 +27,14 @@ def write_items(
     store.records_write_bulk(items, provenance=provenance)
 
 
-def child_records(*, child: Patient, birth: date, anchor: date, municipality: Organization) -> None:
+def child_records(
+    *,
+    child: Patient,
+    birth: date,
+    anchor: date,
+    municipality: Organization,
+    vaccinations: int | None = None,
+) -> None:
     """Birth data, the infant checkups and the routine vaccinations held by
     `anchor`, from the municipality (as phr/demo.py seeds them)."""
     items = demo.child_birth_items(child=child.pk, birth=birth)
@@ -35,10 +43,75 @@ def child_records(*, child: Patient, birth: date, anchor: date, municipality: Or
     )
     write_items(items, origin=Provenance.Origin.MUNICIPALITY, organization=municipality)
     write_items(
-        demo.vaccination_items(child=child.pk, birth=birth, anchor=anchor),
+        demo.vaccination_items(child=child.pk, birth=birth, anchor=anchor)[:vaccinations],
         origin=Provenance.Origin.MUNICIPALITY,
         organization=municipality,
     )
+
+
+def later_checkups(
+    *, child: Patient, birth: date, municipality: Organization
+) -> list[tuple[dict[str, Any], store.Source]]:
+    """The 3-year and 5-year checkups (the demo seeds up to 18 months), as
+    the infant checkup format writes them: an Encounter with height,
+    weight, the urine test at 3 years and the judgement."""
+    from municipal_data.formats import common
+
+    items: list[tuple[dict[str, Any], store.Source]] = []
+    system = f"urn:test:checkups:{child.pk}"
+    for code, name, months, height, weight in (
+        ("3y", "3歳児健診", 37, Decimal("95.0"), Decimal("14.1")),
+        ("5y", "5歳児健診", 61, Decimal("109.5"), Decimal("18.3")),
+    ):
+        day = demo.add_months(birth, months)
+        source = store.Source(system, code)
+        encounter_id = str(store.source_resource_id("Encounter", source))
+        items.append(
+            (
+                common.encounter(
+                    subject=str(child.pk),
+                    when=day,
+                    category=Category.INFANT_CHECKUPS,
+                    types=[
+                        {
+                            "coding": [
+                                {"system": common.CHECKUP_TYPE_SYSTEM, "code": code,
+                                 "display": name}
+                            ],
+                            "text": name,
+                        }
+                    ],
+                    provider=common.municipality_ref(municipality.code),
+                ),
+                source,
+            )
+        )  # fmt: skip
+        values: list[tuple[str, str, dict[str, Any]]] = [
+            ("body_height", "vital-signs", {"valueQuantity": common.quantity(height, "cm")}),
+            ("body_weight", "vital-signs", {"valueQuantity": common.quantity(weight, "kg")}),
+            ("urine_protein", "laboratory",
+             {"valueCodeableConcept": common.coded(common.URINE_DIPSTICK_SYSTEM, "negative",
+                                                   common.DIPSTICK_CODES)}),
+            ("checkup_judgement", "exam",
+             {"valueCodeableConcept": common.coded(common.JUDGEMENT_SYSTEM, "no-findings",
+                                                   common.FINDING_CODES)}),
+        ]  # fmt: skip
+        for key, obs_category, value in values:
+            items.append(
+                (
+                    common.observation(
+                        key,
+                        subject=str(child.pk),
+                        when=day,
+                        category=Category.INFANT_CHECKUPS,
+                        obs_category=obs_category,
+                        encounter=encounter_id,
+                        **value,
+                    ),
+                    store.Source(system, f"{code}|{key}"),
+                )
+            )
+    return items
 
 
 def dispense(patient: Patient, day: date, n: int, pharmacy: str = "はぐくみ薬局") -> dict[str, Any]:
@@ -96,13 +169,24 @@ def five_years(
     vitals: int = 2000,
     vaccinations: int = 30,
 ) -> dict[str, int]:
-    """A child with five years of records: the checkups and vaccinations of
-    the demo child, vaccinations up to `vaccinations`, dispensings from a
-    pharmacy and home weights from a device (each times `scale`)."""
+    """A child with five years of records: the infant checkups (the demo
+    child's up to 18 months, then 3 and 5 years), `vaccinations` doses (the
+    demo child's routine doses, then influenza doses from a clinic),
+    `dispensings` from a pharmacy and `vitals` home weights from a device —
+    the last three times `scale`."""
     anchor = birth + timedelta(days=5 * 365)
-    child_records(child=child, birth=birth, anchor=anchor, municipality=municipality)
-    seeded = len(demo.vaccination_items(child=child.pk, birth=birth, anchor=anchor))
-    extra = max(round(vaccinations * scale) - seeded, 0)
+    wanted = round(vaccinations * scale)
+    child_records(
+        child=child, birth=birth, anchor=anchor, municipality=municipality, vaccinations=wanted
+    )
+    write_items(
+        later_checkups(child=child, birth=birth, municipality=municipality),
+        origin=Provenance.Origin.MUNICIPALITY,
+        organization=municipality,
+    )
+    routine = demo.vaccination_items(child=child.pk, birth=birth, anchor=anchor)
+    seeded = min(len(routine), wanted)
+    extra = max(wanted - seeded, 0)
     shots = [
         (
             immunization(child, birth + timedelta(days=400 + 30 * n), "influenza", n + 1),
