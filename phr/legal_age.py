@@ -83,9 +83,10 @@ def completed_months(birth: date, on: date) -> int:
     """Months of age completed by the end of `on` (満月齢)."""
     if on < birth:
         return 0
-    months = (on.year - birth.year) * 12 + on.month - birth.month
-    # At most one step back: the months reached by `months` may still lie ahead.
-    if months > 0 and months_reached_on(birth, months) > on:
+    # The month count is the calendar difference or one more (a child born
+    # on the 1st reaches a month on the last day of the previous month).
+    months = (on.year - birth.year) * 12 + on.month - birth.month + 1
+    while months > 0 and months_reached_on(birth, months) > on:
         months -= 1
     return months
 

@@ -144,6 +144,9 @@ class DoseRule:
     # this age, or when the previous dose was given after this age.
     skip_after: Age | None = None
     skip_if_previous_after: Age | None = None
+    # When an earlier dose of the path was left out, these replace `intervals`
+    # (Hib: the booster 27日以上 after a primary series cut short at 12m).
+    intervals_after_skip: tuple[Interval, ...] | None = None
     source: str = ""
 
 
@@ -250,7 +253,8 @@ HIB_PATHS = {
                 skip_after=M(12), source=_HIB_SRC,
             ),
             DoseRule(
-                4, "追加", _HIB, (MO(7),), standard_interval=(MO(7), MO(13)), source=_HIB_SRC
+                4, "追加", _HIB, (MO(7),), standard_interval=(MO(7), MO(13)),
+                intervals_after_skip=(D(27),), source=_HIB_SRC,
             ),
         ),
     ),
@@ -259,9 +263,13 @@ HIB_PATHS = {
         "start 7-12m: 2+1",
         (
             DoseRule(1, "初回", _HIB, source=_HIB_SRC),
-            DoseRule(2, "初回", _HIB, (D(27),), skip_after=M(12), source=_HIB_SRC),
             DoseRule(
-                3, "追加", _HIB, (MO(7),), standard_interval=(MO(7), MO(13)), source=_HIB_SRC
+                2, "初回", _HIB, (D(27),), standard_interval=(D(27), D(56)),
+                skip_after=M(12), source=_HIB_SRC,
+            ),
+            DoseRule(
+                3, "追加", _HIB, (MO(7),), standard_interval=(MO(7), MO(13)),
+                intervals_after_skip=(D(27),), source=_HIB_SRC,
             ),
         ),
     ),
@@ -604,7 +612,8 @@ class NextDose:
     phase: str
     product: str  # the product to give
     label: str  # in the active language
-    earliest: date  # the first day it may be given as a routine dose
+    eligible_from: date  # the first day of the legal ages (予防接種法施行令)
+    earliest: date  # the first day it may be given as a routine dose (ages and intervals)
     last_day: date  # the last day it may be given as a routine dose
     window_from: date | None  # the standard (recommended) window
     window_until: date | None
@@ -634,14 +643,24 @@ class _Assigned:
     missed: bool = False
 
 
-def _earliest(rule: DoseRule, birth: date, filled: Sequence[_Assigned]) -> date:
+def _earliest(
+    rule: DoseRule, birth: date, filled: Sequence[_Assigned], *, skipped: bool = False
+) -> date:
     earliest = rule.eligible[0].on(birth)
     if rule.min_age is not None:
         earliest = max(earliest, rule.min_age.on(birth))
-    for interval in rule.intervals:
+    intervals = rule.intervals
+    if skipped and rule.intervals_after_skip is not None:
+        intervals = rule.intervals_after_skip
+    for interval in intervals:
         ref = _reference_dose(interval.after, filled)
         if ref is not None:
             earliest = max(earliest, interval.from_dose(ref))
+    # Whatever the intervals count from, a dose follows the one before it
+    # (B型肝炎's 3rd counts from the 1st, yet comes after the 2nd).
+    previous = _reference_dose(None, filled)
+    if previous is not None:
+        earliest = max(earliest, previous + timedelta(days=1))
     return earliest
 
 
@@ -720,7 +739,7 @@ def _assign(path: Path, doses: Sequence[Dose], birth: date) -> list[_Assigned]:
             i += 1
             continue
         notes: list[str] = []
-        if dose.on < _earliest(rule, birth, out):
+        if dose.on < _earliest(rule, birth, out, skipped=any(a.skipped for a in out)):
             notes.append("early")
         if dose.on > rule.eligible[1].on(birth):
             notes.append("outside_ages")
@@ -752,6 +771,7 @@ def plan_path(
     missed = [f"{a.rule.number}" for a in assigned if a.missed]
     done = {a.rule.number for a in assigned if a.dose is not None or a.skipped or a.missed}
     given = tuple(a.dose for a in assigned if a.dose is not None)
+    skipped = any(a.skipped for a in assigned)
     i = 0
     while i < len(path.doses):
         rule = path.doses[i]
@@ -763,13 +783,15 @@ def plan_path(
             prev = _reference_dose(None, filled)
             if prev is not None and prev > rule.skip_if_previous_after.on(birth):
                 done.add(rule.number)
+                skipped = True
                 i += 1
                 continue
-        earliest = _earliest(rule, birth, filled)
+        earliest = _earliest(rule, birth, filled, skipped=skipped)
         last = _last_day(rule, birth)
         if today > last or earliest > last:
             if rule.skip_after is not None and last < rule.eligible[1].on(birth):
                 done.add(rule.number)  # left out; the path goes on
+                skipped = True
                 i += 1
                 continue
             # This phase can no longer be finished; a later phase may still be.
@@ -779,6 +801,10 @@ def plan_path(
             i = end
             continue
         window = _window(rule, birth, filled)
+        if window is not None:
+            # The standard window ends with the legal ages at the latest; one
+            # that would only begin after them does not apply.
+            window = (window[0], min(window[1], last)) if window[0] <= last else None
         due_from = max(earliest, window[0]) if window else earliest
         late = window is not None and window[1] < due_from
         due_until = last if window is None or late else window[1]
@@ -795,6 +821,7 @@ def plan_path(
             phase=rule.phase,
             product=product,
             label=dose_label(product, rule, phase_size),
+            eligible_from=rule.eligible[0].on(birth),
             earliest=earliest,
             last_day=last,
             window_from=window[0] if window else None,
@@ -810,6 +837,15 @@ def plan_path(
     status = Status.NO_LONGER_ELIGIBLE if missed else Status.COMPLETE
     return SeriesPlan(
         series, label, status, path.name, rules_version, given, None, tuple(missed), notes
+    )
+
+
+def _not_planned(series: str, doses: Sequence[Dose], version: str) -> SeriesPlan:
+    """Doses of a series outside this child's schedule (4種混合 or Hib after
+    starting on 5種混合): listed, never due."""
+    given = tuple(replace(d, notes=("not_in_schedule",)) for d in doses)
+    return SeriesPlan(
+        series, vaccine_label(series), Status.NOT_APPLICABLE, "", version, given, None
     )
 
 
@@ -850,16 +886,22 @@ def plan_vaccinations(child: Child, today: date) -> list[SeriesPlan]:
             )
         )  # fmt: skip
 
-    # 5種混合, or 4種混合 + Hib for a child who started with those (CSV 5種混合 note).
-    dtp_start = _start_day(
-        doses.get("dtap-ipv", []) or doses.get("dtap-ipv-hib", []), birth, today, M(2)
-    )
+    # 5種混合, or 4種混合 + Hib for a child who started with those (CSV 5種混合
+    # note): decided by the first dose of the three, or by the rules of the
+    # day the first dose would be given.
     hib_doses = doses.get("hib", [])
-    started_old = bool(doses.get("dtap-ipv")) or (bool(hib_doses) and not doses.get("dtap-ipv-hib"))
+    dtp_family = sorted(
+        [*doses.get("dtap-ipv", []), *hib_doses, *doses.get("dtap-ipv-hib", [])],
+        key=lambda d: d.on,
+    )
+    dtp_start = _start_day(dtp_family, birth, today, M(2))
     rules = ruleset_on(dtp_start)
-    if started_old or (not doses.get("dtap-ipv-hib") and "dtap-ipv" in rules.dtp_products):
-        version = ruleset_on(dtp_start).version
-        plan("dtap-ipv", vaccine_label("dtap-ipv"), DTAP_IPV, "dtap-ipv", version)
+    if dtp_family:
+        started_old = dtp_family[0].series != "dtap-ipv-hib"
+    else:
+        started_old = "dtap-ipv" in rules.dtp_products
+    if started_old:
+        plan("dtap-ipv", vaccine_label("dtap-ipv"), DTAP_IPV, "dtap-ipv", rules.version)
         hib_start = _start_day(hib_doses, birth, today, M(2))
         plan(
             "hib", vaccine_label("hib"), _by_start_age(HIB_PATHS, hib_start, birth), "hib",
@@ -868,6 +910,10 @@ def plan_vaccinations(child: Child, today: date) -> list[SeriesPlan]:
     else:
         plan("dtap-ipv-hib", vaccine_label("dtap-ipv-hib"), DTAP_IPV_HIB, "dtap-ipv-hib",
              rules.version)  # fmt: skip
+        # 4種混合 or Hib given after starting on 5種混合: shown, not planned.
+        for series in ("dtap-ipv", "hib"):
+            if doses.get(series):
+                plans.append(_not_planned(series, doses[series], rules.version))
 
     # 小児用肺炎球菌: the path by the age at the first dose; the product the
     # child started with when it is still routine, else today's.
@@ -884,17 +930,17 @@ def plan_vaccinations(child: Child, today: date) -> list[SeriesPlan]:
 
     if birth >= BORN_FROM["rotavirus"]:
         rv = doses.get("rotavirus", [])
-        products = [d.product for d in rv if d.product in ROTAVIRUS]
         notes: tuple[str, ...] = ()
-        if products:
-            product = products[0]
-        elif rv:
-            # Only "ロタ" reported: the larger schedule, said so (docs/0012).
-            product, notes = "rv5", ("rotavirus_product_unknown",)
+        if not rv:
+            # Not started: either product; the later upper age (5価) bounds it.
+            path, product = ROTAVIRUS["rv5"], "rv"
+        elif rv[0].product in ROTAVIRUS:
+            # The product of the first dose (the same product throughout).
+            path, product = ROTAVIRUS[rv[0].product], rv[0].product
         else:
-            product = "rv1"
-        plan("rotavirus", vaccine_label("rotavirus"), ROTAVIRUS[product], product, now.version,
-             notes)  # fmt: skip
+            # Only "ロタ" reported: the larger schedule, said so (docs/0012).
+            path, product, notes = ROTAVIRUS["rv5"], "rv", ("rotavirus_product_unknown",)
+        plan("rotavirus", vaccine_label("rotavirus"), path, product, now.version, notes)
 
     plan("bcg", vaccine_label("bcg"), BCG, "bcg", now.version)
     plan("mr", vaccine_label("mr"), MR, "mr", now.version)
@@ -911,12 +957,11 @@ def plan_vaccinations(child: Child, today: date) -> list[SeriesPlan]:
 
 
 def _hpv_path(doses: Sequence[Dose], birth: date, today: date) -> tuple[Path, str]:
-    """The product the girl started with (9価 when none or not named); for
+    """The product of the girl's first dose (9価 when none or not named); for
     9価, 2 doses when the 1st was given before 15 (「15歳未満」: up to the
     day before the 15th birthday) and the 2nd, if given, 5 months or more
     after it; else 3 (CSV HPV 9価 notes)."""
-    products = [d.product for d in doses if d.product in ("hpv2", "hpv4", "hpv9")]
-    product = products[0] if products else "hpv9"
+    product = doses[0].product if doses and doses[0].product != "hpv" else "hpv9"
     if product != "hpv9":
         return HPV_PATHS[product], product
     first = _start_day(doses, birth, today, Age("fy_start", 12))

@@ -128,7 +128,7 @@ def test_due_items_keys_labels_and_statuses(mother: Any, baby: Patient) -> None:
     assert by_key["vaccine:dtap-ipv-hib:2"].due_until == date(2033, 10, 14)
     # The 6–7-month checkup (2026-10-15 … 2026-12-14) is due now.
     assert by_key["checkup:6-7m"].status == "due"
-    # Rotavirus (over 24 weeks) is no longer eligible: never an item.
+    # Rotavirus (over 32 weeks, with no dose) is no longer eligible: never an item.
     assert not any(k.startswith("vaccine:rotavirus") for k in by_key)
     # MR 第1期 starts 2027-04-14: not within 14 days, but within 140.
     assert "vaccine:mr:1" not in by_key
