@@ -51,6 +51,7 @@ from phr.audit import audit_write
 from phr.fhir import fhir_instant, to_fhir
 from phr.identifiers import MEDICAL_INSTITUTION_SYSTEM, municipality_check_digit
 from phr.indexing import fhir_local_date
+from phr.medications import current_medication_rows
 from phr.models import (
     AuditEvent,
     Guardianship,
@@ -124,8 +125,6 @@ CARD_DAYS_MAX = 3650
 SEARCH_HANDLE_SECONDS = 15 * 60
 JUSTIFICATION_MAX = 2000
 REVIEW_NOTE_MAX = 2000
-# A medicine dispensed this recently counts as current.
-RECENT_DISPENSE_DAYS = 90
 
 
 def _bilingual(ja: str, en: str) -> str:
@@ -289,17 +288,6 @@ def _is_risk_condition(content: dict[str, Any]) -> bool:
     return False
 
 
-def _is_current_medication(row: Resource, today: date) -> bool:
-    if row.resource_type == "MedicationStatement":
-        return row.status in ("active", "intended", "on-hold")
-    if row.resource_type == "MedicationDispense":
-        if row.status in ("cancelled", "entered-in-error", "declined", "stopped"):
-            return False
-        handed = timezone.localtime(row.date_start, JAPAN).date() if row.date_start else None
-        return handed is not None and (today - handed).days <= RECENT_DISPENSE_DAYS
-    return False
-
-
 def _clinic_from_reference(reference: Any) -> ClinicRef | None:
     """The organization a logical reference names (by 医療機関コード, or by
     its display), with our own name for it when we know the clinic."""
@@ -375,6 +363,7 @@ def _collect(
     )
     episodes = []
     edd_records = []
+    medication_rows = []
     for row in records:
         kind = row.resource_type
         if kind == "Patient":
@@ -384,8 +373,7 @@ def _collect(
             if _is_active_allergy(row.content):
                 facts.allergies.append(row)
         elif kind in ("MedicationStatement", "MedicationDispense"):
-            if _is_current_medication(row, today):
-                facts.medications.append(row)
+            medication_rows.append(row)
         elif kind == "Condition":
             if _is_active_condition(row.content):
                 facts.conditions.append(row)
@@ -402,6 +390,9 @@ def _collect(
                 edd_records.append(row)
             elif any(f"{LOINC}|{code}" in row.tokens for code in BLOOD_TYPE_CODES):
                 facts.blood_types.append(row)
+    # The medicines taken now: the medication notebook's own rule (within
+    # the days of supply, or a statement still active), one per medicine.
+    facts.medications = current_medication_rows(medication_rows, today=today)
     flagged = _flagged_condition_ids(facts.flags)
     facts.risk_condition_ids = {
         c.pk for c in facts.conditions if str(c.pk) in flagged or _is_risk_condition(c.content)

@@ -281,6 +281,41 @@ def test_it_builds_the_summary_with_allergy_medicine_pregnancy_flags_and_blood_t
     assert page.clinic == clinic.name
 
 
+def test_its_medicines_are_the_medication_notebooks_current_medicines(
+    mother: User, mother_patient: Patient
+) -> None:
+    """The summary lists what the notebook calls "taken now" (phr.medications):
+    a dispensing within its days of supply, not one whose days ran out (even
+    if recent), and each medicine once."""
+    from phr import medications
+
+    today = timezone.localdate(timezone=JAPAN)
+
+    def dispensing(day: date, name: str, days: int) -> str:
+        return "\n".join(
+            [
+                "JAHISTC08,1",
+                f"5,{day:%Y%m%d},1",
+                "11,はぐくみ薬局,10,4,1234567,,,,1",
+                f"201,1,{name},3,錠,2,620000001,1",
+                f"301,1,毎食後,{days},日分,1,1,,1",
+            ]
+        )
+
+    for text in (
+        dispensing(today - timedelta(days=2), "カロナール錠２００", 7),  # current
+        dispensing(today - timedelta(days=6), "カロナール錠", 7),  # the same medicine
+        dispensing(today - timedelta(days=30), "ムコダイン錠", 5),  # days ran out
+    ):
+        medications.medications_import(patient=mother_patient, user=mother, text=text, via="paste")
+    facts = emergency.summary_facts(user=mother, patient=mother_patient)
+    names = [medications.medicine_name(m.content) for m in facts.medications]
+    assert names == ["カロナール錠２００"]
+    page = emergency.summary_page(facts)
+    assert [line.label for line in page.medications] == ["カロナール錠２００"]
+    assert page.medications[0].detail == "毎食後 1日3錠 7日分"
+
+
 def test_it_names_the_guardians_but_never_a_dv_blocked_one_nor_an_address(
     mother: User,
     child: Patient,
