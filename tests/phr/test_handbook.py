@@ -255,7 +255,7 @@ def test_a_parent_enters_school_checkup_results_shown_as_parent_entered(
     assert "学校健診（小学3年）" in page
     assert "128.4 cm" in page
     assert "0.8（B）" in page  # a decimal acuity kept with its class
-    assert "保護者が入力" in page or "Entered by a parent" in page
+    assert "保護者が入力" in page  # marked as entered by a parent
 
 
 def test_parent_entered_school_results_have_the_school_feeds_codes(mother: Any, pupil: Any) -> None:
