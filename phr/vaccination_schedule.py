@@ -165,29 +165,40 @@ class Path:
 _DTP_SRC = "CSV 5種混合 doses 1-4 (https://www.city.ikoma.lg.jp/0000034863.html)"
 
 
-def _dtp_path(name: str) -> Path:
+def _dtp_path(name: str, booster_standard: int, source: str) -> Path:
     # 5種混合 / 4種混合: 生後2月～90月に至るまで; 初回 3 doses 20日以上 (std 20～56日),
-    # started 2～7m; 追加 6月以上 after the 3rd (std 6～18月).
+    # started 2～7m; 追加 6月以上 after the 3rd (std 6～18月 for 5種混合; 12～18月
+    # for 4種混合, which has no row in the CSV).
     window = (M(2), M(90))
     return Path(
         name,
         (
-            DoseRule(1, "1期初回", window, standard_age=(M(2), M(7)), source=_DTP_SRC),
+            DoseRule(1, "1期初回", window, standard_age=(M(2), M(7)), source=source),
             DoseRule(
-                2, "1期初回", window, (D(20),), standard_interval=(D(20), D(56)), source=_DTP_SRC
+                2, "1期初回", window, (D(20),), standard_interval=(D(20), D(56)), source=source
             ),
             DoseRule(
-                3, "1期初回", window, (D(20),), standard_interval=(D(20), D(56)), source=_DTP_SRC
+                3, "1期初回", window, (D(20),), standard_interval=(D(20), D(56)), source=source
             ),
             DoseRule(
-                4, "1期追加", window, (MO(6),), standard_interval=(MO(6), MO(18)), source=_DTP_SRC
+                4,
+                "1期追加",
+                window,
+                (MO(6),),
+                standard_interval=(MO(booster_standard), MO(18)),
+                source=source,
             ),
         ),
     )
 
 
-DTAP_IPV_HIB = _dtp_path("DTaP-IPV-Hib 3+1")
-DTAP_IPV = _dtp_path("DTaP-IPV 3+1 (started before 2024-04-01)")
+DTAP_IPV_HIB = _dtp_path("DTaP-IPV-Hib 3+1", 6, _DTP_SRC)
+DTAP_IPV = _dtp_path(
+    "DTaP-IPV 3+1 (started before 2024-04-01)",
+    12,
+    "4種混合: no CSV row; 5種混合's rows, booster std 1年～1年6か月 "
+    "(https://kamigori-town.city-hc.jp/open_announcement/knowledge/aseUyrx6KCmGSVLn)",
+)
 
 _PCV_SRC = "CSV 小児用肺炎球菌 notes (start-age paths), doses 1-4; standards.md §4"
 _PCV = (M(2), M(60))
@@ -516,6 +527,22 @@ PHASE_LABELS: dict[str, Promise] = {
     "第1期": pgettext_lazy("vaccination series", "phase 1"),
     "第2期": pgettext_lazy("vaccination series", "phase 2"),
 }
+
+
+# What the notes on a dose or a plan mean, for the pages that show them.
+NOTE_LABELS: dict[str, Promise] = {
+    "early": gettext_lazy("given before the minimum interval or age"),
+    "outside_ages": gettext_lazy("given outside the routine ages"),
+    "not_in_schedule": gettext_lazy("not part of this child's routine schedule"),
+    "rotavirus_product_unknown": gettext_lazy(
+        "the rotavirus vaccine product is not recorded: a 3rd dose is needed only for RotaTeq"
+    ),
+    "hpv_sex_not_female": gettext_lazy("HPV is a routine vaccination for girls"),
+}
+
+
+def note_label(note: str) -> str:
+    return str(NOTE_LABELS.get(note, note))
 
 
 def vaccine_label(code: str) -> str:

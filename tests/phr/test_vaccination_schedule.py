@@ -108,6 +108,26 @@ def test_a_child_who_started_4in1_and_hib_finishes_with_them() -> None:
     assert p["hib"].path.startswith("start 2-7m")
 
 
+def test_4in1_booster_standard_is_one_year_to_eighteen_months() -> None:
+    # 4種混合 has no CSV row: 5種混合's rules, but its booster standard is 1年～1年6か月
+    # after the primary (Kamigori: 第1期追加 6か月以上, 標準的には1年～1年6か月).
+    doses = [("dtap-ipv", date(2024, m, 1)) for m in (2, 3, 4)]
+    p = plans(date(2023, 12, 1), doses, today=date(2024, 12, 1))["dtap-ipv"]
+    assert nxt(p) == (4, date(2024, 10, 1), Status.UPCOMING)
+    assert p.next_dose is not None
+    assert (p.next_dose.due_from, p.next_dose.due_until) == (date(2025, 4, 1), date(2025, 10, 1))
+
+
+def test_a_4in1_dose_after_starting_5in1_is_shown_not_planned() -> None:
+    # CSV 5種混合 note: only children who *started* with 4種混合+Hib stay on them.
+    doses = [("dtap-ipv-hib", date(2026, 6, 14)), ("dtap-ipv", date(2026, 7, 14))]
+    p = plans(date(2026, 4, 15), doses)
+    assert p["dtap-ipv-hib"].next_dose is not None
+    assert p["dtap-ipv"].status == Status.NOT_APPLICABLE
+    assert p["dtap-ipv"].doses[0].notes == ("not_in_schedule",)
+    assert "hib" not in p
+
+
 def test_hib_primary_cut_short_at_one_year_booster_27_days_after() -> None:
     # CSV Hib: 初回 …1歳未満に; 実施要領 (Higashikurume, Ikeda): 初回2回目・3回目 are
     # not given after 生後12月; the booster then 27日以上 after the last primary
