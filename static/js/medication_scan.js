@@ -37,7 +37,7 @@
     function message(name, values) {
       var text = section.getAttribute("data-msg-" + name) || "";
       Object.keys(values || {}).forEach(function (key) {
-        text = text.replace("%(" + key + ")s", String(values[key]));
+        text = text.replace("{" + key + "}", String(values[key]));
       });
       status.textContent = text;
     }

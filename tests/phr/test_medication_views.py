@@ -73,6 +73,7 @@ def test_the_mother_imports_pasted_text_and_sees_the_report(
     assert 'id="import-summary"' in body
     assert "コリオパンカプセル5mg" in body
     assert body.count('class="import-item import-created"') == 3
+    assert "3 件を追加しました。" in body  # Japanese by default (locale/features/medications)
     provenance = Provenance.objects.get(pk=dispenses(mother_patient)[0].provenance_id)
     assert provenance.source == "jahis:paste"
     # The notebook shows them, grouped under the pharmacy, with the pharmacy badge.
@@ -80,6 +81,7 @@ def test_the_mother_imports_pasted_text_and_sees_the_report(
     assert "株式会社 工業会薬局 駅前店" in page
     assert "badge-pharmacy" in page
     assert "フェロベリン配合錠" in page
+    assert "調剤されたお薬" in page
 
 
 def test_importing_the_same_text_again_says_nothing_is_new(
