@@ -29,8 +29,10 @@ from sharing.access import visible_records
 
 DUE_STATUSES = ("upcoming", "due", "overdue")
 CHECKUP_TOKENS = [f"{CHECKUP_TYPE_SYSTEM}|{c.code}" for c in checkup_schedule.CHECKUPS]
-# An Immunization that says it was not given (or was a mistake) is no dose.
+# An Immunization that says it was not given (or was a mistake) is no dose;
+# an Encounter that was only planned, or called off, is no checkup held.
 NOT_GIVEN = ("not-done", "entered-in-error")
+NOT_HELD = ("planned", "cancelled", "entered-in-error")
 
 
 @dataclass(frozen=True)
@@ -176,12 +178,15 @@ def child_schedule(*, user: Any, patient: Patient, today: date) -> ChildSchedule
             reported_dose=_dose_number(content) if row.resource_type == "Immunization" else None,
         )
         if row.resource_type == "Encounter":
+            if row.status in NOT_HELD:
+                continue
             period = content.get("period") or {}
             day = fhir_local_date(period.get("start") if isinstance(period, dict) else None)
             for code in _codes_of_types(content):
                 visits.append(CheckupVisit(code, day, source))
             continue
-        if row.status in NOT_GIVEN:
+        if row.status in NOT_GIVEN or content.get("isSubpotent") is True:
+            # A subpotent dose (FHIR Immunization.isSubpotent) does not count.
             continue
         day = fhir_local_date(content.get("occurrenceDateTime"))
         codes = [

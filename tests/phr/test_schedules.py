@@ -188,10 +188,14 @@ def test_the_other_guardian_sees_the_same_schedule(
     assert ours == theirs
 
 
-def test_not_given_and_foreign_coded_immunizations(
+def test_not_given_subpotent_cancelled_and_foreign_coded_records_do_not_count(
     mother: Any, baby: Patient, municipality: Any
 ) -> None:
     write(immunization(baby, "bcg", "2026-09-20", 1, status="not-done"), "self")
+    write(immunization(baby, "bcg", "2026-09-22", 1, isSubpotent=True), "clinic")
+    cancelled = checkup(baby, "6-7m", "2026-10-20")
+    cancelled["status"] = "cancelled"
+    write(cancelled, "municipality", municipality)
     yj = immunization(baby, "bcg", "2026-09-21", 1)
     yj["vaccineCode"] = {
         "coding": [{"system": "urn:oid:1.2.392.100495.20.2.74", "code": "6311400A1010"}]
@@ -200,6 +204,7 @@ def test_not_given_and_foreign_coded_immunizations(
     schedule = child_schedule(user=mother, patient=baby, today=TODAY)
     assert {s.series: s for s in schedule.vaccines}["bcg"].doses == ()
     assert schedule.unplaced == [rid]
+    assert {c.code: c for c in schedule.checkups}["6-7m"].status == "due"
 
 
 def test_query_count_does_not_grow_with_records(
