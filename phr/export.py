@@ -34,7 +34,17 @@ from datetime import date, datetime
 from typing import Any
 
 import orjson
-from django.db.models import F, Func, Q, QuerySet, UUIDField
+from django.db.models import (
+    Case,
+    F,
+    Func,
+    IntegerField,
+    Q,
+    QuerySet,
+    UUIDField,
+    Value,
+    When,
+)
 from django.utils import timezone
 from django.utils.translation import get_language, gettext
 
@@ -338,8 +348,22 @@ def print_people(user: Any, patient_ids: list[uuid.UUID]) -> list[PrintPerson]:
         )
         sections: dict[str, PrintSection] = {}
         patient = Patient(pk=pid)
-        rows = selectors.timeline_queryset(user=user, patient=patient, purpose=Purpose.PERSONAL)
-        for row in rows.reverse().iterator(chunk_size=CHUNK):
+        rows = selectors.timeline_queryset(
+            user=user, patient=patient, purpose=Purpose.PERSONAL
+        ).order_by(
+            # Oldest first, as a handbook reads; within a day the checkup or
+            # visit before what was found at it (as the timeline orders it).
+            F("date_start").asc(nulls_first=True),
+            Case(
+                When(resource_type="Encounter", then=Value(0)),
+                When(resource_type="EpisodeOfCare", then=Value(1)),
+                default=Value(2),
+                output_field=IntegerField(),
+            ),
+            "last_updated",
+            "id",
+        )
+        for row in rows.iterator(chunk_size=CHUNK):
             entry = selectors._entry(row, language)
             day, precision = selectors._day_key(row)
             key = row.category if row.category in Category.values else ""

@@ -62,7 +62,7 @@ class ChildForm(forms.Form):
     )
     sex = forms.ChoiceField(
         label=_("Sex"),
-        choices=[("female", _("female")), ("male", _("male")), ("", _("not stated"))],
+        choices=[("", _("not stated")), ("female", _("female")), ("male", _("male"))],
         required=False,
     )
     relationship = forms.ChoiceField(
