@@ -53,8 +53,9 @@ class Checkup:
 
     def window(self, birth: date) -> tuple[date, date]:
         if self.code == "1m":
-            # 生後1か月頃: the 1-month checkup subsidy's 生後27日を超え6週に
-            # 達しない (こども家庭庁 1か月児健診支援事業) [U: not in the table].
+            # 生後1か月頃: the 1-month checkup subsidy's 「生後27日を超え生後6週に
+            # 達しない」, birth day = day 0: day 28 to day 41 (三島市: born 3/4 →
+            # 4/1～4/14, https://www.city.mishima.shizuoka.jp/site/kosodate/3325.html).
             return days_after_birth(birth, days=28), days_after_birth(birth, weeks=6) - timedelta(
                 days=1
             )

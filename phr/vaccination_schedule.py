@@ -295,8 +295,12 @@ HEPB = Path(
     (
         DoseRule(1, "", _HEPB, standard_age=(M(2), M(3)), source=_HEPB_SRC),
         DoseRule(2, "", _HEPB, (D(27),), standard_age=(M(3), M(4)), source=_HEPB_SRC),
-        # The 3rd counts from the 1st dose, not the 2nd (CSV: 1回目から139日以上).
-        DoseRule(3, "", _HEPB, (D(139, after=1),), standard_age=(M(7), M(9)), source=_HEPB_SRC),
+        # The 3rd counts from the 1st dose, not the 2nd (CSV: 1回目から139日以上),
+        # and comes 6日以上 after the 2nd (向日市: 「1回目の接種から139日以上、かつ、
+        # 2回目の接種から6日以上」, https://www.city.muko.kyoto.jp/kurashi/kosodate/yobo/1471325625164.html).
+        DoseRule(
+            3, "", _HEPB, (D(139, after=1), D(6)), standard_age=(M(7), M(9)), source=_HEPB_SRC
+        ),
     ),
 )
 
@@ -466,9 +470,12 @@ def ruleset_on(day: date) -> RuleSet:
     return current
 
 
-# Routine only for children born on or after these days (their programmes'
-# start: B型肝炎 2016-10-01 for births from 2016-04-01; ロタ 2020-10-01 for
-# births from 2020-08-01 — [U], not in the reference table).
+# Routine only for children born on or after these days (not in the
+# reference table): B型肝炎 routine from 2016-10-01 for births from 2016-04-01
+# (CSV B型肝炎's source, http://miyaguchi-kodomo.com/posts/news.html); ロタ from
+# 2020-10-01 for births from 2020-08-01 (MHLW ロタウイルスワクチンQ&A 問2,
+# mirrored at https://h-crisis.niph.go.jp/?p=154539). Doses before the
+# programme began count as given (the Q&A: 定期接種を受けていたものとみなす).
 BORN_FROM = {"hepb": date(2016, 4, 1), "rotavirus": date(2020, 8, 1)}
 
 

@@ -251,6 +251,14 @@ def test_hepb_third_dose_counts_from_the_first() -> None:
     assert p.next_dose.due_from == date(2026, 11, 14)
 
 
+def test_hepb_third_dose_also_six_days_after_the_second() -> None:
+    # 向日市: 3回目 1回目から139日以上、かつ、2回目から6日以上. 2nd late on 10/30:
+    # 139 days from 6/14 give 11/1, 6 days from 10/30 give 11/6.
+    doses = [("hepb", date(2026, 6, 14)), ("hepb", date(2026, 10, 30))]
+    p = plans(date(2026, 4, 15), doses, today=date(2026, 11, 2))["hepb"]
+    assert nxt(p) == (3, date(2026, 11, 6), Status.UPCOMING)
+
+
 def test_hepb_no_longer_eligible_after_one_year() -> None:
     # CSV B型肝炎: 1歳に至るまで (2026-01-09 for a 2025-01-10 birth).
     p = plans(date(2025, 1, 10), [("hepb", date(2025, 3, 10))], today=date(2026, 2, 1))["hepb"]
@@ -264,6 +272,18 @@ def test_rotavirus_monovalent_second_dose_by_24_weeks() -> None:
     assert nxt(p) == (2, date(2026, 4, 7), Status.DUE)
     assert p.next_dose is not None
     assert p.next_dose.last_day == date(2026, 6, 18)
+
+
+def test_rotavirus_dates_of_the_mhlw_q_and_a() -> None:
+    # MHLW ロタウイルスワクチンQ&A 問4 (h-crisis.niph.go.jp/?p=154539): born 2020-08-01 →
+    # 出生6週0日後 9/12, 生後2月 9/30, 出生14週6日後 11/13 (the standard first-dose window).
+    p = plans(date(2020, 8, 1), today=date(2020, 9, 1))["rotavirus"]
+    assert p.next_dose is not None
+    assert p.next_dose.earliest == date(2020, 9, 12)
+    assert (p.next_dose.window_from, p.next_dose.window_until) == (
+        date(2020, 9, 30),
+        date(2020, 11, 13),
+    )
 
 
 def test_rotavirus_monovalent_started_too_late_cannot_finish() -> None:
@@ -316,7 +336,8 @@ def test_bcg_before_one_year() -> None:
 
 
 def test_programmes_apply_from_their_birth_cohorts() -> None:
-    # standards.md §4 / docs 0012: B型肝炎 for births from 2016-04-01, ロタ from 2020-08-01.
+    # B型肝炎 for births from 2016-04-01 (CSV B型肝炎 source, miyaguchi-kodomo.com);
+    # ロタ from 2020-08-01 (MHLW ロタウイルスワクチンQ&A 問2, 問3).
     assert "hepb" not in plans(date(2016, 3, 31))
     assert "hepb" in plans(date(2016, 4, 1))
     assert "rotavirus" not in plans(date(2020, 7, 31))
