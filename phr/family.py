@@ -304,8 +304,17 @@ def guardian_invitation_accept(*, user: User, token: str) -> Accepted:
                 refusal = ("no_child", UNUSABLE)
         if refusal is None:
             assert invitation is not None
+            already = set(
+                Guardianship.objects.active()
+                .filter(guardian=user, child__in=children)
+                .values_list("child_id", flat=True)
+            )
             for child in children:
-                guardianship_add(guardian=user, child=child, relationship=invitation.relationship)
+                # A guardian already (a second invitation): nothing to add.
+                if child.pk not in already:
+                    guardianship_add(
+                        guardian=user, child=child, relationship=invitation.relationship
+                    )
             invitation.accepted_at = timezone.now()
             invitation.accepted_by = user
             invitation.save(update_fields=["accepted_at", "accepted_by"])

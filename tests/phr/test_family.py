@@ -192,6 +192,19 @@ def test_an_invitation_is_used_once(mother: User, child: Patient, partner: User)
     )
 
 
+def test_a_second_invitation_to_a_guardian_adds_no_second_guardianship(
+    mother: User, child: Patient, partner: User
+) -> None:
+    services.guardianship_add(
+        guardian=partner,
+        child=child,
+        relationship="father",
+        valid_from=timezone.localdate() - timedelta(days=3),
+    )
+    assert accept(partner, issue(mother, child)).status_code == 302
+    assert Guardianship.objects.filter(guardian=partner, child=child).count() == 1
+
+
 def test_an_expired_invitation_is_refused(mother: User, child: Patient, partner: User) -> None:
     token = issue(mother, child)
     with time_machine.travel(timezone.now() + timedelta(days=15)):
