@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dj_database_url
 import dj_email_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+from django_celery_beat.tzcrontab import TzAwareCrontab
 
 from config.env import env_bool, env_int, env_list, env_secret, env_str
 
@@ -131,6 +133,13 @@ CELERY_BEAT_SCHEDULE = {
     "audit-maintain-partitions": {
         "task": "phr.tasks.audit_maintain_partitions",
         "schedule": 86400.0,
+    },
+    # Every morning at 08:00 Japan time (phr/reminders.py). Celery's own
+    # crontab would read CELERY_TIMEZONE (UTC); the DatabaseScheduler copies
+    # this entry into a PeriodicTask whose CrontabSchedule keeps the zone.
+    "reminders-daily": {
+        "task": "phr.tasks.send_reminders",
+        "schedule": TzAwareCrontab(minute="0", hour="8", tz=ZoneInfo("Asia/Tokyo")),
     },
 }
 # A job row's lease: a worker renews it per chunk; the sweeper re-queues a

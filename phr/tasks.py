@@ -34,3 +34,13 @@ def feed_pull(source_id: int, retry_of: int | None = None, attempt: int = 0) -> 
     from phr.feeds import feed_pull_start
 
     return feed_pull_start(source_id=source_id, retry_of=retry_of, attempt=attempt) is not None
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def send_reminders() -> dict[str, object]:
+    """Beat, every morning in Japan: remind guardians of vaccinations and
+    checkups due within 14 days or overdue. Safe to run twice, or twice at
+    once: the Reminder rows decide what is new (phr/reminders.py)."""
+    from phr.reminders import reminders_run
+
+    return reminders_run().as_dict()
