@@ -994,9 +994,13 @@ def _hpv_path(doses: Sequence[Dose], birth: date, today: date) -> tuple[Path, st
     """The product of the girl's first dose (9価 when none or not named); for
     9価, 2 doses when the 1st was given before 15 (「15歳未満」: up to the
     day before the 15th birthday) and the 2nd, if given, 5 months or more
-    after it; else 3 (CSV HPV 9価 notes)."""
+    after it; else 3 (CSV HPV 9価 notes). A girl who began with 2価 or 4価
+    and went on with 9価 finishes with 9価's 3-dose intervals (1月, then 3月
+    after the 2nd: 国立市's page, from the MHLW rules)."""
     product = doses[0].product if doses and doses[0].product != "hpv" else "hpv9"
     if product != "hpv9":
+        if any(d.product == "hpv9" for d in doses[1:]):
+            return HPV_PATHS["hpv9-3"], "hpv9"
         return HPV_PATHS[product], product
     first = _start_day(doses, birth, today, Age("fy_start", 12))
     if first > months_reached_on(birth, 15 * 12):

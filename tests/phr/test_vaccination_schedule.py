@@ -493,6 +493,16 @@ def test_hpv2_third_dose_five_months_after_first_and_two_and_a_half_after_second
     assert nxt(p) == (3, date(2026, 9, 1), Status.UPCOMING)
 
 
+def test_hpv_switched_from_bivalent_to_9_valent_finishes_on_9_valent_intervals() -> None:
+    # CSV HPV source (kunitachi): after 1–2 doses of 2価/4価, 9価 may finish the
+    # series: 1回目と2回目 1か月以上, 2回目と3回目 3か月以上 → 6/1 + 3 months = 9/1.
+    doses = [("hpv2", date(2026, 4, 1)), ("hpv9", date(2026, 6, 1))]
+    p = plans(date(2013, 5, 10), doses, sex="female", today=date(2026, 7, 1))["hpv"]
+    assert nxt(p) == (3, date(2026, 9, 1), Status.UPCOMING)
+    assert p.next_dose is not None
+    assert p.next_dose.product == "hpv9"
+
+
 # --------------------------------------------------------------------------
 # Month-end birthdays
 # --------------------------------------------------------------------------
