@@ -65,14 +65,19 @@ def _writable_patient(request: HttpRequest, patient_id: uuid.UUID, *, action: st
     Http404 (audited) — a missing id and a person one may not write for
     alike. Showing the page is audited as a reveal."""
     patient = Patient.objects.filter(pk=patient_id).first()
-    decision = (
-        decide(request.user, patient, category=Category.MEDICATIONS, purpose=Purpose.PERSONAL)
-        if patient is not None
-        else None
+    if patient is None:
+        raise Http404  # as access_patient: nothing to audit about no one
+    decision = decide(
+        request.user, patient, category=Category.MEDICATIONS, purpose=Purpose.PERSONAL
     )
-    if patient is None or decision is None or not decision or decision.rule not in WRITER_RULES:
-        rule = decision.rule if decision is not None and not decision else "not_writer"
-        audit_denied(request.user, patient_id, action=action, rule=rule)
+    if not decision or decision.rule not in WRITER_RULES:
+        # A reader (a person or clinic she shares with) is refused like anyone.
+        audit_denied(
+            request.user,
+            patient.pk,
+            action=action,
+            rule=decision.rule if not decision else "not_writer",
+        )
         raise Http404
     audit_reveal(
         request.user,
