@@ -451,7 +451,7 @@ def _site(path: str) -> str:
 def reminder_email(*, user: User, reminders: list[Reminder], today: date) -> EmailMessage | None:
     """One message for a guardian's reminders, in the guardian's language:
     each child's given name, the item, its stage and date window, and links
-    to the child's page, the notification list and the settings. No other
+    to the child's handbook, the notification list and the settings. No other
     health data."""
     names = child_names(user=user, patient_ids=[r.patient_id for r in reminders])
     groups: list[_ChildGroup] = []
@@ -461,7 +461,7 @@ def reminder_email(*, user: User, reminders: list[Reminder], today: date) -> Ema
         groups.append(
             _ChildGroup(
                 name=names[pid],
-                url=_site(reverse("phr:person", args=[pid])),
+                url=_site(reverse("handbook:book", args=[pid])),
                 lines=[
                     _Line(r.label, r.stage, r.due_from, r.due_until)
                     for r in reminders

@@ -159,13 +159,13 @@ def test_running_twice_sends_one_email_and_makes_one_notification_per_item(clock
     assert not Reminder.objects.filter(email_sent_at=None).exists()
 
 
-def test_the_email_names_the_date_window_and_links_to_the_childs_page(clock: Any) -> None:
+def test_the_email_names_the_date_window_and_links_to_the_childs_handbook(clock: Any) -> None:
     mother, child = family("haha@example.jp", "はる")
     reminders_run()
     body = mail.outbox[0].body
     item = next(iter(due(mother, child, TODAY).values()))
     assert f"{item.due_from.year}年{item.due_from.month}月{item.due_from.day}日" in body
-    assert f"{settings.SITE_URL}/people/{child.pk}/" in body
+    assert f"{settings.SITE_URL}/handbook/{child.pk}/" in body
     assert f"{settings.SITE_URL}/notifications/settings/" in body
 
 
@@ -459,3 +459,28 @@ def test_the_celery_task_runs_the_job(clock: Any) -> None:
     send_reminders.delay()
     assert keys(mother) == set(due(mother, child, TODAY))
     assert len(mail.outbox) == 1
+
+
+def test_the_job_logs_no_names_or_items_also_when_a_guardian_fails(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    mother, child = family("haha@example.jp", "カナリア")
+    broken, _other = family("broken@example.jp", "ツグミ")
+    labels = [str(i.label) for i in due(mother, child, TODAY).values()]
+    real = reminders.due_for_guardian
+
+    def failing(*, user: Any, **kwargs: Any) -> Any:
+        if user.pk == broken.pk:
+            raise RuntimeError("failed")
+        return real(user=user, **kwargs)
+
+    caplog.set_level("DEBUG")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reminders, "due_for_guardian", failing)
+        reminders_run()
+    logged = "\n".join(
+        f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records if r.name.startswith("phr")
+    )
+    assert f"guardian {broken.pk} failed" in logged
+    for canary in ("カナリア", "ツグミ", "前橋", "haha@example.jp", *labels):
+        assert canary not in logged
