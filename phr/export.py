@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -124,8 +124,12 @@ def audit_export(user: Any, rows: QuerySet[Resource], *, action: str) -> list[uu
 # --------------------------------------------------------------------------
 
 
-def provenance_id(provenance_pk: int) -> str:
-    return str(uuid.uuid5(PROVENANCE_NAMESPACE, f"provenance/{provenance_pk}"))
+def provenance_id(provenance_pk: int, part: int = 0) -> str:
+    """A Provenance's id, derived from its row (the same in every export);
+    a write with more records than one chunk is sent in parts, each its own
+    Provenance."""
+    name = f"provenance/{provenance_pk}" + (f"/{part}" if part else "")
+    return str(uuid.uuid5(PROVENANCE_NAMESPACE, name))
 
 
 def _agent_who(provenance: Provenance | None) -> dict[str, Any]:
@@ -142,18 +146,22 @@ def _agent_who(provenance: Provenance | None) -> dict[str, Any]:
     return {"display": str(Provenance.Origin(provenance.origin).label)}
 
 
-def provenance_resource(provenance: Provenance | None, targets: list[Resource]) -> dict[str, Any]:
+def version_reference(row: Resource) -> str:
+    return f"{row.resource_type}/{row.pk}/_history/{row.version}"
+
+
+def provenance_resource(
+    provenance: Provenance, targets: list[str], *, part: int = 0
+) -> dict[str, Any]:
     """The FHIR Provenance of one write (a provenance row), targeting the
-    records of it that are being sent."""
-    origin = provenance.origin if provenance else Provenance.Origin.SYSTEM
-    activity = provenance.activity if provenance else Provenance.Activity.WRITE
-    recorded = provenance.recorded_at if provenance else targets[0].last_updated
+    records of it that are being sent (version references)."""
+    origin = provenance.origin
+    activity = provenance.activity
+    recorded = provenance.recorded_at
     return {
         "resourceType": "Provenance",
-        "id": provenance_id(provenance.pk if provenance else 0),
-        "target": [
-            {"reference": f"{row.resource_type}/{row.pk}/_history/{row.version}"} for row in targets
-        ],
+        "id": provenance_id(provenance.pk, part),
+        "target": [{"reference": target} for target in targets],
         "recorded": fhir_instant(recorded),
         "activity": {"coding": [{"system": ACTIVITY_SYSTEM, "code": activity}]},
         "agent": [
@@ -186,20 +194,6 @@ def _entry(base: str, resource: dict[str, Any], mode: str | None = None) -> dict
     return entry
 
 
-def _grouped(rows: Iterable[Resource]) -> Iterator[tuple[Provenance | None, list[Resource]]]:
-    """Consecutive rows of one provenance, together."""
-    current: int | None = None
-    group: list[Resource] = []
-    for row in rows:
-        if group and row.provenance_id != current:
-            yield group[0].provenance, group
-            group = []
-        current = row.provenance_id
-        group.append(row)
-    if group:
-        yield group[0].provenance, group
-
-
 def _resource_json(user: Any, row: Resource) -> dict[str, Any]:
     resource = to_fhir(row)
     return redact_for(user, resource) if row.resource_type == "Patient" else resource
@@ -218,12 +212,30 @@ def bundle_stream(user: Any, rows: QuerySet[Resource], *, base: str) -> Iterator
     }
     yield orjson.dumps(head)[:-1]
     opened = False
-    for provenance, group in _grouped(rows.iterator(chunk_size=CHUNK)):
-        parts = [_entry(base, _resource_json(user, row)) for row in group]
-        parts.append(_entry(base, provenance_resource(provenance, group)))
-        for part in parts:
-            yield (b"," if opened else b',"entry":[') + orjson.dumps(part)
-            opened = True
+
+    def entry(resource: dict[str, Any]) -> bytes:
+        nonlocal opened
+        start = b"," if opened else b',"entry":['
+        opened = True
+        return start + orjson.dumps(_entry(base, resource))
+
+    # Rows come ordered by provenance: each record is written at once, and
+    # its write's Provenance after the write's last record — or after every
+    # CHUNK of them, so a write of thousands of records (a device import)
+    # never gathers in memory.
+    provenance: Provenance | None = None
+    targets: list[str] = []
+    part = 0
+    for row in rows.iterator(chunk_size=CHUNK):
+        if provenance is not None and (row.provenance_id != provenance.pk or len(targets) >= CHUNK):
+            yield entry(provenance_resource(provenance, targets, part=part))
+            part = part + 1 if row.provenance_id == provenance.pk else 0
+            targets = []
+        provenance = row.provenance
+        yield entry(_resource_json(user, row))
+        targets.append(version_reference(row))
+    if provenance is not None and targets:
+        yield entry(provenance_resource(provenance, targets, part=part))
     yield b"]}" if opened else b"}"
 
 
@@ -282,7 +294,8 @@ def everything_entries(user: Any, rows: list[Resource], *, base: str) -> list[di
     for row in rows:
         groups[row.provenance_id].append(row)
     for group in groups.values():
-        entries.append(_entry(base, provenance_resource(group[0].provenance, group), "include"))
+        targets = [version_reference(row) for row in group]
+        entries.append(_entry(base, provenance_resource(group[0].provenance, targets), "include"))
     return entries
 
 

@@ -211,5 +211,16 @@ def test_the_download_streams_in_chunks_without_loading_everything(
     validate(bundle)
     ids = [e["resource"]["id"] for e in bundle["entry"]]
     assert len(ids) == len(set(ids))
+    # The device write's Provenance comes in parts of at most one chunk,
+    # each its own resource, together naming every record of the write.
+    device = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Provenance"
+        and e["resource"]["agent"][0]["role"][0]["coding"][0]["code"] == "device"
+    ]
+    assert len(device) == 3
+    assert all(len(p["target"]) <= export.CHUNK for p in device)
+    assert sum(len(p["target"]) for p in device) == len(items)
     assert len(record_ids(bundle)) == len(records.childs | records.mothers) + 2 + len(items)
     assert ResourceHistory.objects.count() >= len(items)
