@@ -21,7 +21,7 @@ from phr.schedules import DueItem, child_schedule
 from phr.terminology import CATEGORY_SYSTEM, Category
 from phr.vaccination_schedule import VACCINE_SYSTEM
 from sharing.models import ConsentPurpose
-from sharing.services import consent_grant
+from sharing.services import consent_grant, dv_block_set
 from tests import factories as f
 
 BIRTH = date(2026, 4, 15)
@@ -186,6 +186,26 @@ def test_the_other_guardian_sees_the_same_schedule(
     theirs = child_schedule(user=father, patient=baby, today=TODAY).due_items()
     assert ours
     assert ours == theirs
+
+
+def test_a_dv_blocked_guardian_gets_no_schedule(
+    mother: Any, baby: Patient, municipality: Any, municipal_officer: Any
+) -> None:
+    # A DV/custody block cuts the named guardian off through every channel
+    # (ARCHITECTURE.md): the schedule — and so the reminders — too.
+    father = f.UserFactory(email="father3@example.jp")
+    services.guardianship_add(
+        guardian=father, child=baby, relationship=Guardianship.Relationship.FATHER
+    )
+    write(immunization(baby, "hepb", "2026-06-20", 1), "municipality", municipality)
+    assert child_schedule(user=father, patient=baby, today=TODAY).due_items()
+    dv_block_set(patient=baby, blocked_user=father, by=municipal_officer)
+    # The next request: a fresh user object (grants are kept per request on it).
+    father = type(father).objects.get(pk=father.pk)
+    blocked = child_schedule(user=father, patient=baby, today=TODAY)
+    assert blocked.birth_date is None
+    assert blocked.due_items() == []
+    assert child_schedule(user=mother, patient=baby, today=TODAY).due_items()
 
 
 def test_not_given_subpotent_cancelled_and_foreign_coded_records_do_not_count(
