@@ -374,3 +374,32 @@ def test_the_notebook_shows_current_medicines_first(mother: User, mother_patient
     page = client.get(notebook_url(mother_patient)).content.decode()
     current = page.split('id="current-medicines"', 1)[1].split("</section>", 1)[0]
     assert "葉酸" in current
+
+
+def test_a_dv_blocked_guardian_can_neither_read_nor_import(
+    father: User, child: Patient, municipality: Organization, municipal_officer: User
+) -> None:
+    from sharing.models import DvBlock
+
+    DvBlock.objects.create(
+        patient=child, blocked_user=father, municipality=municipality, created_by=municipal_officer
+    )
+    client = client_for(father)
+    assert client.get(notebook_url(child)).status_code == 404
+    assert paste(client, child, SAMPLE).status_code == 404
+    assert dispenses(child) == []
+    assert AuditEvent.objects.filter(
+        actor=father, patient=child, outcome="denied", action="medications.import"
+    ).exists()
+
+
+def test_staff_never_import_for_a_family(
+    municipal_officer: User, clinician: User, mother_patient: Patient
+) -> None:
+    for user in (municipal_officer, clinician):
+        client = client_for(user)
+        assert client.get(import_url(mother_patient)).status_code == 404
+        assert paste(client, mother_patient, SAMPLE).status_code == 404
+        new = reverse("medication:statement-new", args=[mother_patient.pk])
+        assert client.get(new).status_code == 404
+    assert dispenses(mother_patient) == []
