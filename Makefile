@@ -71,6 +71,7 @@ bench: venv
 	$(PY) bench/bench_access.py
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_fhir_bundle.py
+	$(PY) bench/bench_handbook.py
 
 stop: venv
 	$(PY) -m config.devdb stop

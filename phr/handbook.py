@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 from django.utils.translation import get_language, gettext, pgettext_lazy
 
 from phr import selectors, terminology
@@ -105,6 +107,7 @@ JUDGEMENT_ORDER = 2000
 
 MEDICINES_SHOWN = 20
 HOME_MEASUREMENTS_SHOWN = 10
+HOME_MEASUREMENTS_DAYS = 90
 MEDICINE_TYPES = ("MedicationDispense", "MedicationStatement")
 
 
@@ -124,6 +127,26 @@ class Source:
     @property
     def parent_entered(self) -> bool:
         return self.origin == Provenance.Origin.SELF
+
+    @property
+    def badge(self) -> str:
+        """The source as the page shows it (templates/phr/handbook/
+        _source.html, built here: a page shows a few hundred of them and an
+        include per item would cost more than the rest of the row)."""
+        html = format_html(
+            '<span class="hb-source"><span class="badge badge-{}"><span class="visually-hidden">'
+            "{}: </span>{}</span>",
+            self.origin,
+            gettext("Source"),
+            self.label,
+        )
+        if self.organization:
+            html += format_html(' <span class="hb-org">{}</span>', self.organization)
+        if self.parent_entered:
+            html += format_html(
+                ' <span class="hb-parent-entered">{}</span>', gettext("Entered by a parent")
+            )
+        return mark_safe(html + "</span>")  # noqa: S308 (every part escaped by format_html)
 
 
 @dataclass(frozen=True)
@@ -501,10 +524,15 @@ def _medicines(user: Any, patient: Patient, language: str) -> tuple[list[Medicin
 
 
 def _home_measurements(user: Any, patient: Patient, language: str) -> list[Item]:
-    """The latest measurements taken at home or by a device (the growth and
-    pregnancy charts show them all)."""
+    """The latest measurements taken at home or by a device, of the last
+    HOME_MEASUREMENTS_DAYS (the growth and pregnancy charts show them all):
+    the window keeps the rows read bounded however many a device sent
+    over the years."""
+    since = timezone.now() - timedelta(days=HOME_MEASUREMENTS_DAYS)
     rows = _newest_first(
-        _visible(user, patient).filter(resource_type="Observation", category=Category.VITALS)
+        _visible(user, patient).filter(
+            resource_type="Observation", category=Category.VITALS, date_start__gte=since
+        )
     )[:HOME_MEASUREMENTS_SHOWN]
     return [_item(r, language) for r in rows]
 

@@ -522,3 +522,18 @@ def test_the_family_overview_and_the_person_page_link_to_the_handbook(
     client = client_for(mother)
     assert book_url(child) in client.get(reverse("phr:home")).content.decode()
     assert book_url(child) in client.get(reverse("phr:person", args=[child.pk])).content.decode()
+
+
+def test_it_shows_the_latest_home_measurements_of_the_last_three_months(
+    mother: Any, child: Any
+) -> None:
+    # The growth chart has them all; the handbook shows the recent ones.
+    items = [
+        (data.home_weight(child, date(2026, 11, 20), 1, 10.4), store.Source("urn:t:h", "new")),
+        (data.home_weight(child, date(2026, 5, 20), 2, 8.7), store.Source("urn:t:h", "old")),
+    ]
+    data.write_items(items, origin=Provenance.Origin.DEVICE)
+    page = text_of(client_for(mother).get(book_url(child)))
+    assert "10.4 kg" in page
+    assert "8.7 kg" not in page
+    assert "badge badge-device" in page
