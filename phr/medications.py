@@ -518,6 +518,7 @@ def document_resources(
 # --------------------------------------------------------------------------
 
 PENDING_HOURS = 24
+COPY_FROM = 200
 PENDING_MAX_DOCUMENTS = 10
 PENDING_MAX_CHARS = 200_000
 
@@ -740,7 +741,9 @@ def medications_import(
             origin=Provenance.Origin.PHARMACY, user=user, source=f"jahis:{via}"[:200]
         )
         staged = [store.stage(resource, source=source) for resource, source in items]
-        result = store.write_staged(staged, provenance=provenance, copy=False)
+        # A QR code's worth of records goes in one VALUES upsert; a whole
+        # notebook file through the store's COPY path.
+        result = store.write_staged(staged, provenance=provenance, copy=len(staged) > COPY_FROM)
         if not result.written:
             provenance.delete()  # nothing refers to it
         audit_write(

@@ -486,3 +486,21 @@ def test_ids_are_derived_from_the_record_identity() -> None:
     again = medications.dispense_resources(document, patient_id=patient_id)
     assert [s for _, s in first] == [s for _, s in again]
     assert len({s.value for _, s in first}) == 3
+
+
+def test_a_large_notebook_file_goes_through_the_bulk_path_and_stays_idempotent(
+    mother: User, mother_patient: Patient
+) -> None:
+    lines = ["JAHISTC08,1"]
+    for day in range(1, 61):
+        lines.append(f"5,{date(2025, 1, 1) + timedelta(days=day):%Y%m%d},1")
+        lines.append(f"11,薬局{day},10,4,{1000000 + day},,,,1")
+        for rp in range(1, 5):
+            lines.append(f"201,{rp},薬{day}-{rp},1,錠,1,,1")
+            lines.append(f"301,{rp},毎食後,7,日分,1,1,,1")
+    text = "\n".join(lines)
+    report, _ = do_import(mother_patient, mother, text)
+    assert report.created == 240 > medications.COPY_FROM
+    assert report.errors == []
+    again, _ = do_import(mother_patient, mother, text)
+    assert (again.created, again.unchanged) == (0, 240)
