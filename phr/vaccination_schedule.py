@@ -556,10 +556,14 @@ def vaccine_label(code: str) -> str:
     return str(VACCINE_LABELS.get(code, code))
 
 
+# One-dose phases people call by name ("MR 第2期", "ヒブ 追加").
+NAMED_PHASES = frozenset({"第1期", "第2期", "1期追加", "第1期追加", "追加"})
+
+
 def dose_label(product: str, rule: DoseRule, phase_size: int) -> str:
     """ "Hib 2回目" / "Hib dose 2"; a one-dose phase by its name: "MR 第2期"."""
     name = vaccine_label(product)
-    if rule.phase and phase_size == 1 and rule.phase in ("第1期", "第2期", "1期追加", "第1期追加"):
+    if phase_size == 1 and rule.phase in NAMED_PHASES:
         return gettext("%(vaccine)s %(phase)s") % {
             "vaccine": name,
             "phase": str(PHASE_LABELS[rule.phase]),

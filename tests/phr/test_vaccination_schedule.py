@@ -168,6 +168,10 @@ def test_pcv_started_at_2_months_booster_at_12_months_and_60_days() -> None:
     assert p.next_dose is not None
     assert p.next_dose.window_until == date(2027, 7, 14)
     assert p.next_dose.product == "pcv20"
+    with translation.override("ja"):
+        ja = plans(date(2026, 4, 15), doses)["pcv"]
+    assert ja.next_dose is not None
+    assert ja.next_dose.label == "小児用肺炎球菌(20価) 追加"
 
 
 def test_pcv_started_at_7_to_12_months_is_two_plus_one() -> None:
