@@ -527,3 +527,34 @@ def test_each_persona_sees_only_their_own_family_page(
         assert (child_url in page.content.decode()) is sees_child, user
     # The family page audits the people it names.
     assert AuditEvent.objects.filter(action="view.family", actor=father, patient=child.pk).exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "clinic_status"),
+    [
+        ("/family/", 200),
+        ("/family/export/", 200),
+        ("/family/export/bundle.json", 200),
+        ("/family/export/print/", 200),
+        ("/family/leave/", 200),
+        ("/family/children/add/", 403),
+        ("/family/left/", 200),
+    ],
+)
+def test_every_family_page_answers_each_persona(
+    url: str,
+    clinic_status: int,
+    mother: User,
+    child: Patient,
+    father: User,
+    clinician: User,
+    stranger: User,
+    records: Records,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Re-authentication is tested on its own; here every session counts as
+    # recent, so the status is the page's own answer.
+    monkeypatch.setattr("phr.auth.recently_authenticated", lambda request: True)
+    share_vaccinations(mother, child, clinician.memberships.get().organization)
+    for user, status in ((mother, 200), (father, 200), (stranger, 200), (clinician, clinic_status)):
+        assert client_for(user).get(url).status_code == status, (url, user)
