@@ -154,6 +154,9 @@ def child_names(*, user: Any, patient_ids: Iterable[uuid.UUID]) -> dict[uuid.UUI
 
 @dataclass
 class RunResult:
+    # Names the run in its audit rows (detail.run), so operations can tell
+    # two runs apart (a task delivered twice, or a re-run).
+    run: str = ""
     guardians: int = 0
     created: int = 0
     emails: int = 0
@@ -200,18 +203,19 @@ def reminders_run(*, today: date | None = None) -> RunResult:
     """The daily job: every guardian, one at a time. A failure for one
     guardian is logged (by id) and counted; the others go on."""
     day = today or japan_today()
-    result = RunResult()
+    result = RunResult(run=uuid.uuid4().hex[:12])
     for guardian_id in guardian_ids(today=day):
         result.guardians += 1
         try:
-            result.add(reminders_for_guardian(guardian_id=guardian_id, today=day))
+            result.add(reminders_for_guardian(guardian_id=guardian_id, today=day, run=result.run))
         except Exception:
             # Ids only: never a name or a schedule item in the log.
             logger.exception("reminders: guardian %s failed", guardian_id)
             result.errors += 1
             result.failed_guardians.append(guardian_id)
     logger.info(
-        "reminders: %s guardians, %s new reminders, %s emails, %s errors, %s unknown",
+        "reminders run %s: %s guardians, %s new reminders, %s emails, %s errors, %s unknown",
+        result.run,
         result.guardians,
         result.created,
         result.emails,
@@ -242,7 +246,7 @@ def _children(user: User, day: date) -> list[Patient]:
 
 
 def due_for_guardian(
-    *, user: User, today: date, prefs: NotificationSettings
+    *, user: User, today: date, prefs: NotificationSettings, run: str = ""
 ) -> dict[tuple[uuid.UUID, str, str], Any]:
     """What this guardian should be reminded of today: (child id, item
     key, stage) → DueItem, labels in the guardian's language. Computed as
@@ -265,7 +269,7 @@ def due_for_guardian(
             categories=READ_CATEGORIES,
             action="reminder.check",
             purpose=Purpose.PERSONAL,
-            detail={"by": "system", "job": "reminders"},
+            detail={"by": "system", "job": "reminders", "run": run},
         )
         for item in items:
             stage = stage_of(item, today)
@@ -275,7 +279,7 @@ def due_for_guardian(
     return due
 
 
-def reminders_for_guardian(*, guardian_id: int, today: date) -> RunResult:
+def reminders_for_guardian(*, guardian_id: int, today: date, run: str = "") -> RunResult:
     """One guardian's reminders: create the rows that do not exist yet,
     then send the guardian one email with every reminder still waiting to
     be mailed and still due. Each step is its own small transaction."""
@@ -288,7 +292,7 @@ def reminders_for_guardian(*, guardian_id: int, today: date) -> RunResult:
     if not (prefs.email_enabled or prefs.in_app_enabled):
         due: dict[tuple[uuid.UUID, str, str], Any] = {}
     else:
-        due = due_for_guardian(user=user, today=today, prefs=prefs)
+        due = due_for_guardian(user=user, today=today, prefs=prefs, run=run)
     email = prefs.email_enabled and bool(user.email)
     for (child_id, key, stage), item in due.items():
         result.created += _reminder_create(

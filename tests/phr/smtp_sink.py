@@ -19,6 +19,7 @@ class Sink:
     messages: list[EmailMessage] = field(default_factory=list)
     hold: set[str] = field(default_factory=set)  # recipients whose DATA never gets an answer
     held: list[str] = field(default_factory=list)
+    delay: float = 0.0  # seconds before accepting each message (a slow server)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
 
@@ -66,6 +67,8 @@ def _handler(sink: Sink) -> type[socketserver.StreamRequestHandler]:
                             sink.held.extend(recipients)
                         threading.Event().wait(120)  # the sender is killed meanwhile
                         return
+                    if sink.delay:
+                        threading.Event().wait(sink.delay)
                     message = message_from_bytes(bytes(data), policy=policy.default)
                     with sink.lock:
                         sink.messages.append(message)  # type: ignore[arg-type]

@@ -446,8 +446,9 @@ def test_a_worker_dying_between_claim_and_send_never_sends_twice(clock: Any) -> 
 
 def test_each_computation_is_audited_as_the_guardians_read_by_the_system(clock: Any) -> None:
     mother, child = family("haha@example.jp", "はる")
-    reminders_run()
+    result = reminders_run()
     event = AuditEvent.objects.get(action="reminder.check")
+    assert event.detail["run"] == result.run
     assert (event.actor_id, event.patient_id, event.outcome) == (mother.pk, child.pk, "success")
     assert event.detail["rule"] == "guardian"
     assert event.detail["by"] == "system"

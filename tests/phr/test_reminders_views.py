@@ -8,9 +8,10 @@ from datetime import date
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 from django.urls import reverse
-from django.utils import translation
+from django.utils import timezone, translation
 
 from phr.models import AuditEvent, NotificationSettings, Reminder
 from sharing.services import dv_block_set
@@ -184,3 +185,24 @@ def test_pages_are_in_english_for_english_users(mother: Any, child: Any) -> None
     reminder(mother, child, label="Hib dose 1")
     body = client_for(mother).get(LIST, headers={"accept-language": "en"}).content.decode()
     assert "Mark as read" in body
+
+
+def test_the_navigation_link_counts_only_the_users_unread(
+    mother: Any, father: Any, child: Any
+) -> None:
+    from django.template.loader import render_to_string
+    from django.test import RequestFactory
+
+    reminder(mother, child, "a")
+    reminder(mother, child, "b", read_at=timezone.now())
+    reminder(father, child, "a")
+    request = RequestFactory().get("/")
+    request.user = mother
+    html = render_to_string("phr/notifications/_nav_link.html", request=request)
+    assert 'href="/notifications/"' in html
+    assert "notifications-badge" in html
+    assert "1</span></a>" in html
+    request.user = AnonymousUser()
+    assert "notifications-badge" not in render_to_string(
+        "phr/notifications/_nav_link.html", request=request
+    )

@@ -95,6 +95,17 @@ def checks_done(people: list[tuple[Any, Patient]]) -> int:
     return AuditEvent.objects.filter(action="reminder.check", patient_id__in=children).count()
 
 
+def run_spans(people: list[tuple[Any, Patient]]) -> dict[str, tuple[Any, Any]]:
+    """Each run's first and last check (its audit rows carry the run id)."""
+    spans: dict[str, tuple[Any, Any]] = {}
+    children = [child.pk for _parent, child in people]
+    for event in AuditEvent.objects.filter(action="reminder.check", patient_id__in=children):
+        run = event.detail["run"]
+        start, end = spans.get(run, (event.occurred_at, event.occurred_at))
+        spans[run] = (min(start, event.occurred_at), max(end, event.occurred_at))
+    return spans
+
+
 def mentions(sink: Sink, address: str, label: str) -> int:
     return sum(str(m.get_content()).count(f"・{label} —") for m in sink.to(address))
 
@@ -105,6 +116,9 @@ def test_two_runs_at_once_and_a_third_mail_each_reminder_exactly_once(start_work
     expected = {parent.email: expected_labels(parent, child, today) for parent, child in people}
     assert all(len(labels) >= 3 for labels in expected.values())
     with smtp_sink() as sink:
+        # A slow mail server keeps each run busy long enough for the other
+        # worker to start and run alongside it.
+        sink.delay = 0.5
         env = {"EMAIL_URL": f"smtp://127.0.0.1:{sink.port}"}
         start_worker(env=env)
         start_worker(env=env)
@@ -116,6 +130,9 @@ def test_two_runs_at_once_and_a_third_mail_each_reminder_exactly_once(start_work
         wait_for(lambda: not Reminder.objects.exclude(email_status="sent").exists())
         time.sleep(2)  # let the slower run finish its last guardian
 
+        # The two runs really ran at the same time.
+        first, second = sorted(run_spans(people).values())
+        assert second[0] < first[1], (first, second)
         for parent, _child in people:
             assert len(sink.to(parent.email)) == 1, parent.email
             for label in expected[parent.email]:
