@@ -53,6 +53,18 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             chromium.close()
 
 
+def serious_violations(page: Any) -> list[str]:
+    """axe-core's violations of impact serious or critical, readable."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:5]}"
+        for v in results.response["violations"]
+        if v.get("impact") in ("serious", "critical")
+    ]
+
+
 def qr_data_url(payload: bytes) -> str:
     pytest.importorskip("qrcode")
     import qrcode
@@ -119,6 +131,7 @@ def test_split_shift_jis_qr_codes_are_scanned_in_any_order_and_imported(
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{live_server.url}/medications/{patient.pk}/import/")
     assert page.evaluate("typeof window.jsQR") == "function"
+    assert serious_violations(page) == []
     # The second QR code first: the scanner waits and says so.
     assert page.evaluate(SCAN_IMAGE, qr_data_url(parts[1])) == len(parts[1])
     assert "1" in page.locator("#scan-status").inner_text()
@@ -128,6 +141,10 @@ def test_split_shift_jis_qr_codes_are_scanned_in_any_order_and_imported(
     with page.expect_navigation():
         page.evaluate(SCAN_IMAGE, qr_data_url(parts[0]))
     assert "3 件を追加しました。" in page.locator("#import-summary").inner_text()
+    assert serious_violations(page) == []
+    page.click("#medication-notebook-link")
+    assert "コリオパンカプセル5mg" in page.locator("#dispensings").inner_text()
+    assert serious_violations(page) == []
     names = {
         r.content["medicationCodeableConcept"]["text"]
         for r in Resource.objects.filter(
