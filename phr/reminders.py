@@ -293,7 +293,7 @@ def reminders_for_guardian(*, guardian_id: int, today: date, run: str = "") -> R
         due: dict[tuple[uuid.UUID, str, str], Any] = {}
     else:
         due = due_for_guardian(user=user, today=today, prefs=prefs, run=run)
-    email = prefs.email_enabled and bool(user.email)
+    email = prefs.email_enabled and email_verified(user)
     for (child_id, key, stage), item in due.items():
         result.created += _reminder_create(
             user=user,
@@ -310,6 +310,16 @@ def reminders_for_guardian(*, guardian_id: int, today: date, run: str = "") -> R
     result.skipped += skipped
     result.failed += failed
     return result
+
+
+def email_verified(user: User) -> bool:
+    """Mail only an address the user has confirmed: a reminder names a child
+    and a vaccination, and a mistyped address must not receive it."""
+    from allauth.account.models import EmailAddress
+
+    return bool(user.email) and (
+        EmailAddress.objects.filter(user=user, email__iexact=user.email, verified=True).exists()
+    )
 
 
 def _reminder_create(

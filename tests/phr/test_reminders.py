@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core import mail
 from django.utils import translation
@@ -53,8 +54,15 @@ def clock() -> Iterator[Any]:
         yield traveller
 
 
+def parent_user(email: str, *, language: str = "ja") -> Any:
+    """A parent who confirmed their email address (as signing up requires)."""
+    user = f.UserFactory(email=email, language=language)
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    return user
+
+
 def family(email: str, given: str, *, birth: date = BIRTH, language: str = "ja") -> Any:
-    parent = f.UserFactory(email=email, language=language)
+    parent = parent_user(email, language=language)
     child = f.make_patient(given=given, family="前橋", birth_date=birth)
     guardianship_add(
         guardian=parent,
@@ -274,7 +282,7 @@ def test_a_mail_server_that_keeps_refusing_gives_up_after_three_tries(clock: Any
 
 def test_each_guardian_gets_their_own_in_their_language(clock: Any) -> None:
     mother, child = family("haha@example.jp", "はる")
-    father = f.UserFactory(email="father@example.jp", language="en")
+    father = parent_user("father@example.jp", language="en")
     guardianship_add(guardian=father, child=child, relationship="father", valid_from=BIRTH)
     reminders_run()
     by_address = {m.to[0]: m for m in mail.outbox}
@@ -318,7 +326,7 @@ def test_children_without_a_guardian_account_are_skipped(clock: Any) -> None:
 
 def test_a_dv_blocked_guardian_is_not_reminded(clock: Any, municipality: Any) -> None:
     _mother, child = family("haha@example.jp", "はる")
-    father = f.UserFactory(email="father@example.jp")
+    father = parent_user("father@example.jp")
     guardianship_add(guardian=father, child=child, relationship="father", valid_from=BIRTH)
     services.residency_add(patient=child, municipality=municipality, resident_number="C-9")
     officer = f.make_member(f.Role.MUNICIPAL_STAFF, municipality)
@@ -344,6 +352,14 @@ def test_email_off_still_lists_the_reminders(clock: Any) -> None:
     NotificationSettings.objects.filter(user=mother).update(email_enabled=True)
     reminders_run()
     assert mail.outbox == []
+
+
+def test_an_unconfirmed_address_gets_no_mail_but_the_list_does(clock: Any) -> None:
+    mother, child = family("haha@example.jp", "はる")
+    EmailAddress.objects.filter(user=mother).update(verified=False)
+    reminders_run()
+    assert mail.outbox == []
+    assert reminders.notifications_queryset(mother).count() == len(due(mother, child, TODAY))
 
 
 def test_in_app_off_mails_but_does_not_list(clock: Any) -> None:

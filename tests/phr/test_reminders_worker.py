@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from allauth.account.models import EmailAddress
 from django.utils import translation
 
 from phr.models import AuditEvent, Guardianship, Patient, Reminder
@@ -63,6 +64,7 @@ def _no_reminder_messages_left() -> Iterator[None]:
 
 def family(email: str, given: str, birth: date) -> tuple[Any, Patient]:
     parent = f.UserFactory(email=email)
+    EmailAddress.objects.create(user=parent, email=email, verified=True, primary=True)
     child = f.make_patient(given=given, birth_date=birth)
     guardianship_add(
         guardian=parent,
