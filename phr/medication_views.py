@@ -10,10 +10,11 @@
   family enters itself (edited only by whoever entered it).
 
 Importing and entering are for the person herself (rule ``self``) and a
-child's guardians (rule ``guardian``) only: sharing.access.decide for the
-medications category and the personal purpose, whose rule must be one of
-those two. Everyone else — a person she shares with, a clinic, a
-stranger, a missing id — gets the same 404, and the refusal is audited.
+child's guardians (rule ``guardian``) only: the policy point's family write
+rule, sharing.access.may_write(purpose=personal), for medications (and,
+for an import, allergies_conditions, which its allergy notes become).
+Everyone else — a person she shares with, a clinic, a stranger, a missing
+id — gets the same 404, and the refusal is audited.
 """
 
 from __future__ import annotations
@@ -40,12 +41,11 @@ from sharing.access import (
     access_patient,
     audit_denied,
     audit_reveal,
-    decide,
+    may_write,
     visible_records,
 )
 
 PENDING_SESSION_KEY = "medications.pending"
-WRITER_RULES = ("self", "guardian")
 NOTEBOOK_TYPES = ("MedicationDispense", "MedicationStatement", "AllergyIntolerance")
 
 
@@ -56,29 +56,28 @@ def _today() -> date:
 def may_import(user: Any, patient: Patient) -> bool:
     """The person herself or a child's guardian (no audit: the caller
     audits what it shows)."""
-    decision = decide(user, patient, category=Category.MEDICATIONS, purpose=Purpose.PERSONAL)
-    return bool(decision) and decision.rule in WRITER_RULES
+    return bool(may_write(user, patient, category=Category.MEDICATIONS, purpose=Purpose.PERSONAL))
 
 
-def _writable_patient(request: HttpRequest, patient_id: uuid.UUID, *, action: str) -> Patient:
+def _writable_patient(
+    request: HttpRequest,
+    patient_id: uuid.UUID,
+    *,
+    action: str,
+    categories: tuple[str, ...] = (Category.MEDICATIONS,),
+) -> Patient:
     """The patient `request.user` may import and enter medicines for, or
     Http404 (audited) — a missing id and a person one may not write for
     alike. Showing the page is audited as a reveal."""
     patient = Patient.objects.filter(pk=patient_id).first()
     if patient is None:
         raise Http404  # as access_patient: nothing to audit about no one
-    decision = decide(
-        request.user, patient, category=Category.MEDICATIONS, purpose=Purpose.PERSONAL
-    )
-    if not decision or decision.rule not in WRITER_RULES:
-        # A reader (a person or clinic she shares with) is refused like anyone.
-        audit_denied(
-            request.user,
-            patient.pk,
-            action=action,
-            rule=decision.rule if not decision else "not_writer",
-        )
-        raise Http404
+    for category in categories:
+        decision = may_write(request.user, patient, category=category, purpose=Purpose.PERSONAL)
+        if not decision:
+            # A reader (a person or clinic she shares with) is refused like anyone.
+            audit_denied(request.user, patient.pk, action=action, rule=decision.rule)
+            raise Http404
     audit_reveal(
         request.user,
         [patient.pk],
@@ -191,7 +190,13 @@ def _waiting(request: HttpRequest, patient: Patient) -> list[medications.Waiting
 @require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def import_view(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
-    patient = _writable_patient(request, patient_id, action="medications.import")
+    # Its allergy and side-effect notes become AllergyIntolerance records.
+    patient = _writable_patient(
+        request,
+        patient_id,
+        action="medications.import",
+        categories=(Category.MEDICATIONS, Category.ALLERGIES_CONDITIONS),
+    )
     person = selectors.person(user=request.user, patient=patient)
     if request.method == "POST" and request.POST.get("action") == "discard":
         _keep_pending(request, patient, {})
