@@ -322,6 +322,7 @@ SPLIT_RECORD = "911"
 # 薬品コード種別 (record 201): 1 none, 2 レセプト電算処理システム用コード,
 # 3 厚生労働省コード (薬価基準収載医薬品コード), 4 YJ, 6 HOT.
 DRUG_CODE_KINDS = {"1": "", "2": "receipt", "3": "mhlw", "4": "yj", "6": "hot"}
+HOT_LENGTHS = (7, 9, 13)  # HOT7, HOT9, HOT13
 # 剤形コード (record 301).
 FORMS = {
     "1": "内服",
@@ -1275,6 +1276,19 @@ class _Parser:
             kind, code = "", ""
         elif not kind:
             code = ""
+        elif kind == "hot" and len(code) not in HOT_LENGTHS:
+            self.issue(
+                record.line,
+                record.part,
+                "drug_code",
+                "HOTコードは7・9・13桁です（無視しました）",
+                "a HOT code has 7, 9 or 13 digits (ignored)",
+                severity=WARNING,
+                record="201",
+                field="薬品コード",
+                value=code,
+            )
+            kind, code = "", ""
         dose = parse_decimal(v["dose"]) if v["dose"] else None
         if v["dose"] and dose is None:
             self.issue(

@@ -290,6 +290,15 @@ def test_bad_lines_are_reported_by_line_and_the_rest_is_read() -> None:
     ]
 
 
+def test_a_hot_code_of_another_length_is_dropped_with_a_warning() -> None:
+    document = only_document("JAHISTC08,1\n5,20261120,1\n201,1,ムコダイン錠,3,錠,6,12345,1")
+    (drug,) = document.dispensings[0].drugs
+    assert (drug.code_kind, drug.code) == ("", "")
+    assert [(i.line, i.code, i.severity) for i in document.issues][:1] == [
+        (3, "drug_code", jahis.WARNING)
+    ]
+
+
 def test_records_of_a_dispensing_before_any_dispensing_date_are_reported() -> None:
     document = only_document("JAHISTC08,1\n201,1,ロキソニン錠,3,錠,1,,1\n5,20250101,1")
     (issue, *_) = errors(document)
