@@ -537,3 +537,28 @@ def test_it_shows_the_latest_home_measurements_of_the_last_three_months(
     assert "10.4 kg" in page
     assert "8.7 kg" not in page
     assert "badge badge-device" in page
+
+
+def test_a_dv_blocked_guardian_gets_nothing_of_the_child(
+    father: Any, child_book: Any, municipality: Any, municipal_officer: Any
+) -> None:
+    # DV等支援措置: cut off through every channel, the handbook included.
+    from sharing.models import DvBlock
+
+    DvBlock.objects.create(
+        patient=child_book,
+        blocked_user=father,
+        municipality=municipality,
+        created_by=municipal_officer,
+    )
+    client = client_for(father)
+    assert client.get(book_url(child_book)).status_code == 404
+    assert client.post(school_url(child_book), GOOD).status_code == 404
+    note = reverse("handbook:note_new", args=[child_book.pk])
+    assert client.post(note, {"date": "2026-11-20", "text": "x"}).status_code == 404
+    assert AuditEvent.objects.filter(
+        actor=father, patient=child_book, outcome="denied", action="view.handbook"
+    ).exists()
+    assert not Resource.objects.filter(
+        compartments__overlap=[child_book.pk], category="school_checkups"
+    ).exists()
