@@ -192,7 +192,7 @@ def test_waiting_parts_can_be_discarded(mother: User, mother_patient: Patient) -
     assert 'id="waiting-parts"' not in client.get(import_url(mother_patient)).content.decode()
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     text=st.one_of(
         st.text(max_size=300),
