@@ -20,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
@@ -35,18 +35,6 @@ from sharing.access import (
     audit_reveal,
     may_write,
 )
-
-MEDICATIONS_PATH = "/medications/"
-
-
-def _medications_url() -> str:
-    """The medication notebook (お薬手帳), built beside this page."""
-    for name in ("medication:index", "medication:notebook", "medication:list"):
-        try:
-            return reverse(name)
-        except NoReverseMatch:
-            continue
-    return MEDICATIONS_PATH
 
 
 def _readable(request: HttpRequest, patient_id: uuid.UUID, action: str) -> Patient:
@@ -83,7 +71,8 @@ def _context(request: HttpRequest, patient: Patient) -> dict[str, Any]:
         "patient": patient,
         "is_child": patient.kind == Patient.Kind.CHILD,
         "today": today,
-        "medications_url": _medications_url(),
+        # The medication notebook (お薬手帳) lists every medicine.
+        "medications_url": reverse("medication:notebook", args=[patient.pk]),
     }
     if patient.kind == Patient.Kind.CHILD:
         context["book"] = handbook.child_handbook(user=request.user, patient=patient)

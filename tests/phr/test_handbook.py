@@ -144,7 +144,8 @@ def test_it_lists_the_latest_medicines_and_links_the_medication_notebook(
     assert f"カルボシステインシロップ {shown}" in page  # the newest
     assert "カルボシステインシロップ 0 " not in page  # older than the latest 20
     assert "はぐくみ薬局" in page
-    assert 'href="/medications/' in response.content.decode()
+    notebook = reverse("medication:notebook", args=[child.pk])
+    assert f'href="{notebook}"' in response.content.decode()
 
 
 def test_the_print_view_lays_the_sections_out_in_the_paper_handbooks_order(
