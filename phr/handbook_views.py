@@ -42,7 +42,12 @@ def _readable(request: HttpRequest, patient_id: uuid.UUID, action: str) -> Patie
 
 
 def _writable(
-    request: HttpRequest, patient_id: uuid.UUID, *, category: str, action: str
+    request: HttpRequest,
+    patient_id: uuid.UUID,
+    *,
+    category: str,
+    action: str,
+    child_only: bool = False,
 ) -> Patient:
     """The patient whose handbook `request.user` may write `category`
     entries in (herself, or a child she is guardian of), or Http404 — a
@@ -55,6 +60,8 @@ def _writable(
     if not decision:
         audit_denied(request.user, patient.pk, action=action, rule=decision.rule)
         raise Http404
+    if child_only and patient.kind != Patient.Kind.CHILD:
+        raise Http404  # school checkups and birth data are a child's
     audit_reveal(
         request.user, [patient.pk], categories=[category], action=action, purpose=Purpose.PERSONAL
     )
@@ -116,10 +123,12 @@ def book_print(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
 def school_checkup_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     """学校健診: the parent enters the results the school did not send."""
     patient = _writable(
-        request, patient_id, category=C.SCHOOL_CHECKUPS, action="handbook.school_checkup"
+        request,
+        patient_id,
+        category=C.SCHOOL_CHECKUPS,
+        action="handbook.school_checkup",
+        child_only=True,
     )
-    if patient.kind != Patient.Kind.CHILD:
-        raise Http404
     person = handbook.selectors.person(user=request.user, patient=patient)
     form = SchoolCheckupForm(
         request.POST if request.method == "POST" else None, birth_date=person.birth_date
@@ -143,9 +152,9 @@ def school_checkup_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpRespo
 @login_required
 def birth_data(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     """出生時の記録: the parent enters the birth data no record holds."""
-    patient = _writable(request, patient_id, category=C.INFANT_CHECKUPS, action="handbook.birth")
-    if patient.kind != Patient.Kind.CHILD:
-        raise Http404
+    patient = _writable(
+        request, patient_id, category=C.INFANT_CHECKUPS, action="handbook.birth", child_only=True
+    )
     person = handbook.selectors.person(user=request.user, patient=patient)
     recorded = handbook.birth_items_recorded(user=request.user, patient=patient)
     form = BirthDataForm(request.POST if request.method == "POST" else None, recorded=set(recorded))

@@ -563,3 +563,23 @@ def test_a_dv_blocked_guardian_gets_nothing_of_the_child(
     assert not Resource.objects.filter(
         compartments__overlap=[child_book.pk], category="school_checkups"
     ).exists()
+
+
+def test_the_mothers_print_view_shows_her_pregnancy(
+    mother: Any, mother_patient: Any, clinic: Any
+) -> None:
+    due = _pregnancy(mother_patient, clinic)
+    response = client_for(mother).get(reverse("handbook:print", args=[mother_patient.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "data-handbook-print" in html
+    assert f'datetime="{due.isoformat()}"' in html
+    assert "116/72 mmHg" in html
+
+
+def test_school_checkups_and_birth_data_are_for_children_only(
+    mother: Any, mother_patient: Any
+) -> None:
+    client = client_for(mother)
+    assert client.get(school_url(mother_patient)).status_code == 404
+    assert client.get(reverse("handbook:birth", args=[mother_patient.pk])).status_code == 404
