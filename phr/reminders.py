@@ -293,8 +293,13 @@ def reminders_for_guardian(*, guardian_id: int, today: date, run: str = "") -> R
         due: dict[tuple[uuid.UUID, str, str], Any] = {}
     else:
         due = due_for_guardian(user=user, today=today, prefs=prefs, run=run)
-    email = prefs.email_enabled and email_verified(user)
-    for (child_id, key, stage), item in due.items():
+    # Most days everything due was reminded of already: one read finds the
+    # rows that exist; only the missing ones are made (and a concurrent run
+    # making one at the same moment is still settled by the constraint).
+    made = set(Reminder.objects.filter(user=user).values_list("patient_id", "item_key", "stage"))
+    missing = {k: item for k, item in due.items() if k not in made}
+    email = bool(missing) and prefs.email_enabled and email_verified(user)
+    for (child_id, key, stage), item in missing.items():
         result.created += _reminder_create(
             user=user,
             child_id=child_id,
