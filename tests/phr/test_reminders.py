@@ -501,3 +501,19 @@ def test_the_job_logs_no_names_or_items_also_when_a_guardian_fails(
     assert f"guardian {broken.pk} failed" in logged
     for canary in ("カナリア", "ツグミ", "前橋", "haha@example.jp", *labels):
         assert canary not in logged
+
+
+def test_the_management_command_runs_the_job_and_refuses_a_bad_date(clock: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    mother, child = family("haha@example.jp", "はる")
+    out = StringIO()
+    call_command("send_reminders", stdout=out)
+    assert f"{len(due(mother, child, TODAY))} new reminders" in out.getvalue()
+    assert len(mail.outbox) == 1
+    call_command("send_reminders", stdout=out)
+    assert len(mail.outbox) == 1
+    with pytest.raises(CommandError, match="expected YYYY-MM-DD"):
+        call_command("send_reminders", "--date", "26/11/2026")
