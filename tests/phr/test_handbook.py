@@ -583,3 +583,20 @@ def test_school_checkups_and_birth_data_are_for_children_only(
     client = client_for(mother)
     assert client.get(school_url(mother_patient)).status_code == 404
     assert client.get(reverse("handbook:birth", args=[mother_patient.pk])).status_code == 404
+
+
+def test_the_family_write_rule_covers_only_what_a_family_records(
+    mother: Any, mother_patient: Any, child: Any, stranger: Any, consented_clinician: Any
+) -> None:
+    # sharing.access.may_write(purpose=personal): herself (self) and her
+    # children (guardian), for the family's own categories; never a clinic's
+    # or municipality's findings, never anyone else.
+    personal = Purpose.PERSONAL
+    assert may_write(mother, mother_patient, category="pregnancy", purpose=personal).rule == "self"
+    assert may_write(mother, child, category="school_checkups", purpose=personal).rule == "guardian"
+    for category in ("prenatal_checkups", "vaccinations"):
+        assert not may_write(mother, mother_patient, category=category, purpose=personal)
+        assert not may_write(mother, child, category=category, purpose=personal)
+    assert not may_write(stranger, child, category="school_checkups", purpose=personal)
+    # A clinic's consent lets it write as a clinic, not as the family.
+    assert not may_write(consented_clinician, child, category="infant_checkups", purpose=personal)
