@@ -72,24 +72,22 @@ BIRTH_ITEMS = (
     "apgar_1min",
     "apgar_5min",
 )
-# A checkup's measurements first, findings after, the overall judgement last.
+# A checkup's measurements first (身長, 体重, 頭囲, 胸囲 as the MHLW minimum set
+# orders them), findings after, the overall judgement last.
 ITEM_ORDER = {
     key: n
     for n, key in enumerate(
         (
             "gestational_age",
-            "body_weight",
             "body_length",
             "body_height",
+            "body_weight",
             "head_circumference",
             "chest_circumference",
             "bp_panel",
             "fundal_height",
             "abdominal_circumference",
             "edema",
-            "urine_protein",
-            "urine_glucose",
-            "urine_occult_blood",
             "school_vision_right",
             "school_vision_left",
             "school_vision_right_corrected",
@@ -99,6 +97,9 @@ ITEM_ORDER = {
             "caries_untreated",
             "caries_treated",
             "missing_permanent_teeth",
+            "urine_protein",
+            "urine_glucose",
+            "urine_occult_blood",
         )
     )
 }
