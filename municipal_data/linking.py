@@ -521,10 +521,14 @@ def _link_mother(user: User, mother: Patient, link: LinkCode) -> list[PatientLin
     return merged
 
 
-def _merge_own_children(user: User, children: tuple[Patient, ...], link: LinkCode) -> list[Any]:
+def _merge_own_children(
+    user: User, family: CodeFamily, link: LinkCode, role: str
+) -> list[PatientLink]:
     """Fold the children the user recorded by hand into the municipal
     records of the same children: one per birth date on both sides (twins
-    stay apart), and only when sex does not disagree."""
+    stay apart), and only when sex does not disagree. Every guardian of the
+    hand-made record follows it (_move_guardianships)."""
+    children = family.children
     family_ids = {c.pk for c in children}
     own_children = [
         g.child
@@ -562,18 +566,90 @@ def _merge_own_children(user: User, children: tuple[Patient, ...], link: LinkCod
                 reason=f"link code {link.pk}: the same child recorded by the family",
             )
         )
-        # The user's guardianship moves with the records. Other guardians of
-        # the hand-made record do not gain the municipal one this way: they
-        # need a code of their own.
-        for row in Guardianship.objects.filter(guardian=user, child=duplicate):
-            if Guardianship.objects.filter(
-                guardian=user, child=survivor, valid_from=row.valid_from
-            ).exists():
-                row.delete()
-            else:
-                row.child = survivor
-                row.save(update_fields=["child"])
+        _move_guardianships(user, family, link, role, duplicate=duplicate, survivor=survivor)
     return merged
+
+
+def _move_guardianships(
+    user: User,
+    family: CodeFamily,
+    link: LinkCode,
+    role: str,
+    *,
+    duplicate: Patient,
+    survivor: Patient,
+) -> None:
+    """The guardianships of a hand-made child move with its records to the
+    municipal record. Each came from the family's own acts (adding the
+    child, inviting a guardian), so every guardian follows — except one
+    DV-blocked (DV等支援措置) from anyone of the code's family or from the
+    child: the block hides the person through every channel, and a moved
+    guardianship would open the municipal record the day it is lifted. That
+    row stays on the merged record, whose records have all moved. A guardian
+    who already has the municipal record keeps that row, and the other goes
+    (one row per guardian and child). Audited like the redeemer's own
+    linking, one row per guardian, by the person who redeemed."""
+    protected = {*family.ids, duplicate.pk, survivor.pk}
+    rows = list(
+        Guardianship.objects.active()
+        .filter(child=duplicate)
+        .select_related("guardian")
+        .order_by("pk")
+    )
+    entries = []
+    for row in rows:
+        guardian = row.guardian
+        detail: dict[str, Any] = {
+            "link_code": link.pk,
+            "role": role,
+            "guardian": guardian.pk,
+            "merged": str(duplicate.pk),
+        }
+        if guardian.pk != user.pk and protected & set(blocked_patients(guardian)):
+            # The redeemer herself was checked before anything was linked.
+            entries.append(
+                AuditEntry(
+                    action="link_code.redeem",
+                    outcome="denied",
+                    actor_id=user.pk,
+                    actor_role="guardian",
+                    patient_id=survivor.pk,
+                    purpose=Purpose.PERSONAL,
+                    detail={**detail, "reason": "dv_block", "rule": "dv_block"},
+                )
+            )
+            continue
+        on_survivor = Guardianship.objects.filter(guardian=guardian, child=survivor)
+        # Her row of the municipal record today, or else one that starts the
+        # same day (ended since): the two rows become one, lasting as long
+        # as the longer of them.
+        existing = (
+            on_survivor.active().order_by("valid_from", "pk").first()
+            or on_survivor.filter(valid_from=row.valid_from).first()
+        )
+        if existing is not None:
+            if existing.valid_to is not None and (
+                row.valid_to is None or row.valid_to > existing.valid_to
+            ):
+                existing.valid_to = row.valid_to
+                existing.save(update_fields=["valid_to"])
+            row.delete()
+            detail.update(guardianship=existing.pk, moved=False)
+        else:
+            row.child = survivor
+            row.save(update_fields=["child"])
+            detail.update(guardianship=row.pk, moved=True)
+        entries.append(
+            AuditEntry(
+                action="link_code.redeem",
+                actor_id=user.pk,
+                actor_role="guardian",
+                patient_id=survivor.pk,
+                purpose=Purpose.PERSONAL,
+                detail=detail,
+            )
+        )
+    audit_write_many(entries)
 
 
 def _refuse(user: User, refusal: _Refusal) -> None:
@@ -661,9 +737,18 @@ def _redeem(user: User, link: LinkCode, answer: date, role: str, relationship: s
     if role == ROLE_MOTHER and family.mother is not None:
         merged += _link_mother(user, family.mother, link)
         mother = family.mother
-    merged += _merge_own_children(user, family.children, link)
+    merged += _merge_own_children(user, family, link, role)
+    current = Guardianship.objects.active().filter(guardian=user, child__in=family.children)
+    if role == ROLE_MOTHER:
+        # The code made her the mother of record: a row she wrote herself
+        # as "other guardian" says so too now.
+        current.exclude(relationship=relationship).update(relationship=relationship)
+    already = set(current.values_list("child_id", flat=True))
     for child in family.children:
-        guardianship_add(guardian=user, child=child, relationship=relationship)
+        # A guardian already (an earlier code, or her own record's
+        # guardianship that moved with the merge): nothing to add.
+        if child.pk not in already:
+            guardianship_add(guardian=user, child=child, relationship=relationship)
     link.used_at = now
     link.used_by = user
     link.save(update_fields=["used_at", "used_by"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -37,7 +38,8 @@ from phr.models import (
     User,
 )
 from sharing.access import decide
-from sharing.services import dv_block_set
+from sharing.models import DvBlock
+from sharing.services import dv_block_lift, dv_block_set
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -561,6 +563,179 @@ def test_it_merges_a_child_the_parent_recorded_herself(
     )
     assert sorted(map(str, children)) == sorted([str(family.first.pk), str(family.second.pk)])
     assert client.get("/").content.decode().count("person-card") == 3  # her and two children
+
+
+def hand_made_child(
+    family: Family, parent: User, *, added: date | None = None, **others: User
+) -> Patient:
+    """The younger child as the family recorded it before the code came:
+    her own record, her guardianship, and one per other guardian (as an
+    accepted invitation leaves it)."""
+    own_child = f.make_patient(family="若葉", given="ひな", birth_date=SECOND_BORN)
+    services.guardianship_add(
+        guardian=parent,
+        child=own_child,
+        relationship=Guardianship.Relationship.MOTHER,
+        valid_from=added,
+    )
+    for guardian in others.values():
+        services.guardianship_add(
+            guardian=guardian,
+            child=own_child,
+            relationship=Guardianship.Relationship.FATHER,
+            valid_from=added,
+        )
+    return own_child
+
+
+def active_children(guardian: User) -> list[tuple[uuid.UUID, str]]:
+    return sorted(
+        Guardianship.objects.active()
+        .filter(guardian=guardian)
+        .values_list("child_id", "relationship"),
+        key=str,
+    )
+
+
+def test_a_second_guardian_of_a_hand_made_child_follows_it_into_the_municipal_record(
+    family: Family, officer: User, parent: User, father: User
+) -> None:
+    own_child = hand_made_child(family, parent, father=father)
+    home_weight = f.write_observation(own_child, value=4.9)
+    _link, code = issue(family, officer)
+    linking.link_code_redeem(user=parent, code=code, child_birth_date=SECOND_BORN)
+
+    # His guardianship moved with the records: the same row, now of the
+    # municipal record; none is left on the merged one.
+    assert active_children(father) == [(family.second.pk, Guardianship.Relationship.FATHER)]
+    assert not Guardianship.objects.filter(child=own_child).exists()
+    client = signed_in(father)
+    assert fhir_ids(client, "Observation", family.second) == {
+        str(family.records["second_weight"]),
+        str(home_weight),
+    }
+    # Only that child: not the elder one he was never guardian of, nor the
+    # mother's records.
+    assert not decide(father, family.first)
+    assert not decide(father, family.mother)
+    assert fhir_ids(client, "Observation", family.mother) == set()
+    # Audited like her own linking: by her, on the municipal record, naming him.
+    moved = [r for r in redeem_audits(outcome="success") if r.detail.get("guardian") == father.pk]
+    assert len(moved) == 1
+    assert moved[0].actor_id == parent.pk
+    assert moved[0].patient_id == family.second.pk
+    assert moved[0].detail["moved"] is True
+    assert moved[0].detail["merged"] == str(own_child.pk)
+
+
+@pytest.mark.parametrize("blocked_from", ["second", "mother"])
+def test_a_dv_blocked_guardian_of_a_hand_made_child_does_not_follow_it(
+    family: Family, officer: User, parent: User, father: User, blocked_from: str
+) -> None:
+    # DV等支援措置 against him, from the child's municipal record or from
+    # the mother: the merge must not open the municipal record to him.
+    own_child = hand_made_child(family, parent, father=father)
+    dv_block_set(patient=getattr(family, blocked_from), blocked_user=father, by=officer)
+    _link, code = issue(family, officer)
+    linking.link_code_redeem(user=parent, code=code, child_birth_date=SECOND_BORN)
+
+    own_child.refresh_from_db()
+    assert own_child.merged_into == family.second  # the family's merge still happens
+    assert active_children(parent) == sorted(
+        [
+            (family.first.pk, Guardianship.Relationship.MOTHER),
+            (family.second.pk, Guardianship.Relationship.MOTHER),
+        ],
+        key=str,
+    )
+    # His row stays on the merged record, whose records have all moved.
+    assert active_children(father) == [(own_child.pk, Guardianship.Relationship.FATHER)]
+    assert not Guardianship.objects.filter(guardian=father, child=family.second).exists()
+    assert not decide(father, family.second)
+    assert fhir_ids(signed_in(father), "Observation", family.second) == set()
+    denied = redeem_audits(outcome="denied")
+    assert [(r.patient_id, r.detail["guardian"], r.detail["rule"]) for r in denied] == [
+        (family.second.pk, father.pk, "dv_block")
+    ]
+    # Lifting the block later gives him nothing of the municipal record.
+    dv_block_lift(block=DvBlock.objects.get(blocked_user=father), by=officer)
+    assert not decide(User.objects.get(pk=father.pk), family.second)
+
+
+def test_a_guardian_who_has_the_municipal_record_already_keeps_one_row(
+    family: Family, officer: User, parent: User, father: User
+) -> None:
+    # He redeemed a code of his own last month; she recorded the child by
+    # hand and invited him before that. Her own guardianship is older
+    # than today, too.
+    earlier = timezone.localdate() - timedelta(days=30)
+    before = timezone.localdate() - timedelta(days=60)
+    own_child = hand_made_child(family, parent, added=before, father=father)
+    services.guardianship_add(
+        guardian=father,
+        child=family.second,
+        relationship=Guardianship.Relationship.FATHER,
+        valid_from=earlier,
+    )
+    _link, code = issue(family, officer)
+    linking.link_code_redeem(user=parent, code=code, child_birth_date=SECOND_BORN)
+
+    rows = list(Guardianship.objects.filter(guardian=father))
+    assert [(r.child_id, r.valid_from, r.valid_to) for r in rows] == [
+        (family.second.pk, earlier, None)
+    ]
+    # And the one who redeemed: her moved row, no second one from the code.
+    mine = Guardianship.objects.filter(guardian=parent, child=family.second)
+    assert [(r.valid_from, r.relationship) for r in mine] == [
+        (before, Guardianship.Relationship.MOTHER)
+    ]
+    assert not Guardianship.objects.filter(child=own_child).exists()
+    kept = [r for r in redeem_audits(outcome="success") if r.detail.get("guardian") == father.pk]
+    assert [(r.detail["moved"], r.detail["guardianship"]) for r in kept] == [(False, rows[0].pk)]
+
+
+def test_a_hand_made_child_recorded_with_another_relationship_still_links_once(
+    family: Family, officer: User, parent: User
+) -> None:
+    # She recorded the child today as "other guardian", then redeems as the
+    # mother: her moved row is the guardianship, now as the mother; the code
+    # adds no second one.
+    own_child = f.make_patient(family="若葉", given="ひな", birth_date=SECOND_BORN)
+    services.guardianship_add(
+        guardian=parent, child=own_child, relationship=Guardianship.Relationship.OTHER
+    )
+    _link, code = issue(family, officer)
+    linking.link_code_redeem(user=parent, code=code, child_birth_date=SECOND_BORN)
+    assert active_children(parent) == sorted(
+        [
+            (family.first.pk, Guardianship.Relationship.MOTHER),
+            (family.second.pk, Guardianship.Relationship.MOTHER),
+        ],
+        key=str,
+    )
+    assert not Guardianship.objects.filter(child=own_child).exists()
+
+
+def test_an_ended_row_of_the_municipal_record_from_the_same_day_becomes_one_with_it(
+    family: Family, officer: User, parent: User, father: User
+) -> None:
+    started = timezone.localdate() - timedelta(days=20)
+    hand_made_child(family, parent, added=started, father=father)
+    ended = Guardianship.objects.create(
+        guardian=father,
+        child=family.second,
+        relationship=Guardianship.Relationship.FATHER,
+        valid_from=started,
+        valid_to=started + timedelta(days=5),
+    )
+    _link, code = issue(family, officer)
+    linking.link_code_redeem(user=parent, code=code, child_birth_date=SECOND_BORN)
+
+    rows = list(Guardianship.objects.filter(guardian=father))
+    assert [(r.pk, r.child_id, r.valid_from, r.valid_to) for r in rows] == [
+        (ended.pk, family.second.pk, started, None)
+    ]
+    assert decide(father, family.second)
 
 
 def test_it_keeps_apart_a_hand_made_child_that_differs(

@@ -360,15 +360,6 @@ def test_the_link_code_later_merges_the_added_child_into_the_municipal_record(
     assert [g.child_id for g in children] == [municipal_child.pk]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "municipal_data.linking._merge_own_children moves only the redeeming account's "
-        "guardianship to the municipal record; a second guardian the family invited for "
-        "the hand-added child keeps a guardianship of the merged record (docs/decisions/"
-        "0016, 'What the link code does not do yet')"
-    ),
-)
 def test_a_second_guardian_invited_for_an_added_child_follows_the_merge(
     mother: User, partner: User
 ) -> None:
