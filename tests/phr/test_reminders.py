@@ -171,8 +171,11 @@ def test_the_email_names_the_date_window_and_links_to_the_childs_handbook(clock:
     mother, child = family("haha@example.jp", "はる")
     reminders_run()
     body = mail.outbox[0].body
-    item = next(iter(due(mother, child, TODAY).values()))
-    assert f"{item.due_from.year}年{item.due_from.month}月{item.due_from.day}日" in body
+    item = next(i for (_k, s), i in due(mother, child, TODAY).items() if s == "due_soon")
+    assert item.due_until is not None
+    start, end = item.due_from, item.due_until
+    window = f"{start.year}年{start.month}月{start.day}日～{end.year}年{end.month}月{end.day}日"
+    assert window in body
     assert f"{settings.SITE_URL}/handbook/{child.pk}/" in body
     assert f"{settings.SITE_URL}/notifications/settings/" in body
 
@@ -205,6 +208,9 @@ def test_an_item_becoming_overdue_is_reminded_once_more(clock: Any) -> None:
         label = str(now_due[(key, "overdue")].label)
         assert mentions(mail.outbox[0], label) == 1
     assert "期限切れ" in mail.outbox[0].body
+    # An overdue item says how long it can still be done.
+    last = now_due[(next(iter(overdue)), "overdue")].due_until
+    assert f"{last.year}年{last.month}月{last.day}日まで受けられます" in mail.outbox[0].body
     # Every overdue item has exactly one overdue reminder.
     assert {k for k, s in keys(mother) if s == "overdue"} == {
         k for k, s in now_due if s == "overdue"
