@@ -227,6 +227,18 @@ class BirthRow:
     items: list[Item]
 
 
+@dataclass(frozen=True)
+class GrowthRow:
+    """One day's body measurements (身体発育の記録), from any checkup."""
+
+    day: date | None
+    age: str
+    height: str
+    weight: str
+    head: str
+    sources: list[Source]
+
+
 @dataclass
 class ChildHandbook:
     person: selectors.Person
@@ -240,6 +252,7 @@ class ChildHandbook:
     more_medicines: bool
     home_measurements: list[Item]
     notes: list[Note]
+    growth: list[GrowthRow] = field(default_factory=list)
 
 
 @dataclass
@@ -648,7 +661,51 @@ def child_handbook(*, user: Any, patient: Patient) -> ChildHandbook:
         more_medicines=more,
         home_measurements=_home_measurements(user, patient, language),
         notes=sorted(notes, key=lambda n: (n.day or date.min), reverse=True),
+        growth=_growth(birth, birth_rows, list(encounters.values())),
     )  # fmt: skip
+
+
+HEIGHT_KEYS = ("body_length", "body_height")
+
+
+def _growth(
+    birth: date | None, birth_rows: list[BirthRow], checkups: list[Checkup]
+) -> list[GrowthRow]:
+    """Height (or length), weight and head circumference by day: at birth,
+    then at every checkup — infant, school, parent-entered alike —, oldest
+    first (the paper handbook's 身体発育 page; the charts draw them)."""
+    rows: list[GrowthRow] = []
+    at_birth = {row.key: row.items[0] for row in birth_rows if row.items}
+    if any(k in at_birth for k in ("birth_weight", "body_length", "head_circumference")):
+        rows.append(
+            GrowthRow(
+                day=birth,
+                age=gettext("at birth"),
+                height=at_birth["body_length"].value if "body_length" in at_birth else "",
+                weight=at_birth["birth_weight"].value if "birth_weight" in at_birth else "",
+                head=at_birth["head_circumference"].value
+                if "head_circumference" in at_birth
+                else "",
+                sources=list({i.source: None for i in at_birth.values()}),
+            )
+        )
+    for checkup in sorted(checkups, key=lambda c: c.day or date.min):
+        found = {item.key: item for item in checkup.items}
+        height = next((found[k] for k in HEIGHT_KEYS if k in found), None)
+        weight, head = found.get("body_weight"), found.get("head_circumference")
+        if height is None and weight is None and head is None:
+            continue
+        rows.append(
+            GrowthRow(
+                day=checkup.day,
+                age=checkup.age,
+                height=height.value if height else "",
+                weight=weight.value if weight else "",
+                head=head.value if head else "",
+                sources=[checkup.source],
+            )
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------

@@ -600,3 +600,26 @@ def test_the_family_write_rule_covers_only_what_a_family_records(
     assert not may_write(stranger, child, category="school_checkups", purpose=personal)
     # A clinic's consent lets it write as a clinic, not as the family.
     assert not may_write(consented_clinician, child, category="infant_checkups", purpose=personal)
+
+
+def test_the_growth_record_puts_parent_entered_school_results_beside_the_checkups(
+    mother: Any, pupil: Any, municipality: Any
+) -> None:
+    # Part 7: "like any other measurement" — one table of heights and
+    # weights, at birth and at every checkup, whoever recorded them.
+    data.child_records(
+        child=pupil,
+        birth=SCHOOL_BIRTH,
+        anchor=SCHOOL_BIRTH + timedelta(days=200),
+        municipality=municipality,
+    )
+    client = client_for(mother)
+    client.post(school_url(pupil), GOOD)
+    html = client.get(book_url(pupil)).content.decode()
+    growth = html[html.index('id="growth"') : html.index('id="vaccinations"')]
+    rows = growth.split('class="hb-growth-row"')[1:]
+    assert "出生時" in rows[0]
+    assert "badge-municipality" in rows[1]
+    assert "128.4 cm" in rows[-1]
+    assert "26.1 kg" in rows[-1]
+    assert "保護者が入力" in rows[-1]
