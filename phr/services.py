@@ -11,6 +11,7 @@ from datetime import date
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from phr import store
 from phr.models import Guardianship, Organization, Patient, Provenance, Residency, User
@@ -99,9 +100,18 @@ def patient_create(
 def guardianship_add(
     *, guardian: User, child: Patient, relationship: str, valid_from: date | None = None
 ) -> Guardianship:
-    extra = {"valid_from": valid_from} if valid_from else {}
+    """The guardian's active guardianship of the child, made if there is
+    none. An ended one is never handed back: a guardian invited again after
+    her guardianship ended starts a new period (from `valid_from`, default
+    today), rather than getting the old row and no access."""
+    rows = Guardianship.objects.filter(guardian=guardian, child=child, relationship=relationship)
+    if valid_from is None:
+        current = rows.active().order_by("valid_from").first()
+        if current is not None:
+            return current
+        valid_from = timezone.localdate()
     guardianship, _ = Guardianship.objects.get_or_create(
-        guardian=guardian, child=child, relationship=relationship, **extra
+        guardian=guardian, child=child, relationship=relationship, valid_from=valid_from
     )
     return guardianship
 

@@ -182,6 +182,26 @@ def test_accepting_makes_a_guardian_who_sees_the_children_not_the_mother(
     ).exists()
 
 
+def test_a_guardian_whose_guardianship_ended_is_a_guardian_again_once_she_accepts(
+    mother: User, child: Patient, partner: User
+) -> None:
+    """guardianship_add never hands back an ended row: accepting a new
+    invitation starts a new period, and the child is visible again."""
+    ended = services.guardianship_add(
+        guardian=partner,
+        child=child,
+        relationship=Guardianship.Relationship.FATHER,
+        valid_from=timezone.localdate() - timedelta(days=30),
+    )
+    ended.valid_to = timezone.localdate() - timedelta(days=1)
+    ended.save(update_fields=["valid_to"])
+    assert client_for(partner).get(reverse("phr:person", args=[child.pk])).status_code == 404
+    assert accept(partner, issue(mother, child)).status_code == 302
+    assert Guardianship.objects.active().filter(guardian=partner, child=child).count() == 1
+    assert Guardianship.objects.filter(guardian=partner, child=child).count() == 2
+    assert client_for(partner).get(reverse("phr:person", args=[child.pk])).status_code == 200
+
+
 def test_an_invitation_is_used_once(mother: User, child: Patient, partner: User) -> None:
     token = issue(mother, child)
     assert accept(partner, token).status_code == 302
