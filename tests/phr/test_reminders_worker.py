@@ -186,3 +186,42 @@ def test_a_worker_killed_while_sending_never_causes_a_second_mail(start_worker: 
         assert set(claimed.values_list("email_status", flat=True)) == {"sending"}
         for parent, _child in (people[0], people[2]):
             assert len(sink.to(parent.email)) == 1
+
+
+def _pool_children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as handle:
+            children.extend(int(c) for c in handle.read().split())
+    return children
+
+
+def test_a_pool_process_killed_while_sending_is_redelivered_and_mails_no_one_twice(
+    start_worker: Any,
+) -> None:
+    """The prefork pool's child dies mid-task: Celery rejects the message
+    (acks_late, reject_on_worker_lost) and runs the task again by itself.
+    The second run mails those not yet mailed, and not the guardian whose
+    mail was in flight."""
+    people = families(3)
+    held = people[1][0]
+    with smtp_sink() as sink:
+        sink.hold.add(held.email)
+        env = {"EMAIL_URL": f"smtp://127.0.0.1:{sink.port}"}
+        worker = start_worker(pool="prefork", env=env)
+        send_reminders.delay()
+        wait_for(lambda: held.email in sink.held, timeout=120)
+        (child_pid,) = _pool_children(worker.pid)
+        os.kill(child_pid, signal.SIGKILL)
+        sink.hold.clear()
+
+        # No new task is sent: the redelivered one finishes the run.
+        wait_for(lambda: checks_done(people) == 2 + len(people), timeout=120)
+        wait_for(lambda: len(sink.to(people[2][0].email)) == 1, timeout=60)
+        time.sleep(2)
+        assert sink.to(held.email) == []
+        assert len(sink.to(people[0][0].email)) == 1
+        assert len(sink.to(people[2][0].email)) == 1
+        claimed = Reminder.objects.filter(user=held)
+        assert set(claimed.values_list("email_status", flat=True)) == {"sending"}
+        assert worker.poll() is None  # the worker itself lives on
