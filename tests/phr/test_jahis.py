@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from phr import jahis
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "data"
+# Copies of ../shared/reference/data/jahis_tc_* kept in the repository.
+REFERENCE = Path(__file__).resolve().parents[2] / "phr" / "reference_data"
 SAMPLE_UTF8 = REFERENCE / "jahis_tc_sample_utf8.txt"
 SAMPLE_SJIS = REFERENCE / "jahis_tc_sample_sjis.txt"
 SPLIT_PART1 = REFERENCE / "jahis_tc_split_part1_example_utf8.txt"

@@ -32,7 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "data"
+# Copies of ../shared/reference/data/jahis_tc_* kept in the repository.
+REFERENCE = Path(__file__).resolve().parents[2] / "phr" / "reference_data"
 SAMPLE = (REFERENCE / "jahis_tc_sample_utf8.txt").read_text(encoding="utf-8")
 
 

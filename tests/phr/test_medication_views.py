@@ -24,7 +24,8 @@ from sharing.services import consent_grant
 
 pytestmark = pytest.mark.django_db
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "data"
+# Copies of ../shared/reference/data/jahis_tc_* kept in the repository.
+REFERENCE = Path(__file__).resolve().parents[2] / "phr" / "reference_data"
 SAMPLE = (REFERENCE / "jahis_tc_sample_utf8.txt").read_text(encoding="utf-8")
 SAMPLE_SJIS = (REFERENCE / "jahis_tc_sample_sjis.txt").read_bytes()
 

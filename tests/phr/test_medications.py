@@ -25,7 +25,8 @@ from phr.terminology import CATEGORY_SYSTEM
 pytestmark = pytest.mark.django_db
 
 JAPAN = ZoneInfo("Asia/Tokyo")
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "data"
+# Copies of ../shared/reference/data/jahis_tc_* kept in the repository.
+REFERENCE = Path(__file__).resolve().parents[2] / "phr" / "reference_data"
 SAMPLE = (REFERENCE / "jahis_tc_sample_utf8.txt").read_text(encoding="utf-8")
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=JAPAN)
 
