@@ -79,7 +79,7 @@ stop: venv
 messages: export DEBUG := 1
 messages: venv
 	$(MANAGE) makemessages -l ja --ignore=.venv --ignore=.pgdata --ignore=staticfiles \
-		--ignore=media --ignore=node_modules
+		--ignore=media --ignore=node_modules --ignore=phr/reference_data
 	$(MANAGE) compilemessages --ignore=.venv --ignore=.pgdata --ignore=node_modules
 
 # --- checks CI runs --------------------------------------------------------------
