@@ -42,6 +42,7 @@ from phr.models import (
     Role,
     User,
 )
+from phr.reminders import reminders_for_guardian
 from phr.terminology import CATEGORY_SYSTEM, UCUM, Category
 
 # --------------------------------------------------------------------------
@@ -361,7 +362,8 @@ SCHEDULE = (
     Dose("rv1", 1, "", 2),  # 6w0d–24w0d, first by 14w6d
     Dose("rv1", 2, "", 3),  # 27日以上
     Dose("bcg", 1, "", 5),  # 生後5～8月
-    Dose("mr", 1, "第1期", 12),  # 1歳になったら早めに
+    # MR 第1期 (生後12～24月) is left for the family: the handbook shows it
+    # due and the reminder job reminds the parent of it.
     Dose("varicella", 1, "", 12),  # 生後12～15月
     Dose("varicella", 2, "", 18),  # 1回目から 6～12月: after 14 months, not seeded
 )
@@ -962,4 +964,8 @@ def demo_seed(*, today: date | None = None) -> DemoResult:
         origin=Provenance.Origin.MUNICIPALITY,
         organization=municipality,
     )
+    # The daily reminder job, run once now for the parent, so that her
+    # notifications list already holds the MR dose due (made once: a
+    # second seed finds the reminder and mails nothing).
+    reminders_for_guardian(guardian_id=parent.pk, today=today or timezone.localdate())
     return result

@@ -114,9 +114,33 @@ ACTION_WORDS = {
         "an uploaded row accepted into the record (birth date or sex corrected)"
     ),
     "match_review.reject": gettext_lazy("an uploaded row kept out of the record"),
+    # The family's own pages (issue 6)
+    "view.handbook": gettext_lazy("the MCH handbook"),
+    "view.handbook_print": gettext_lazy("the MCH handbook, for printing"),
+    "handbook.birth": gettext_lazy("birth data entered in the MCH handbook"),
+    "handbook.birth_data": gettext_lazy("birth data entered in the MCH handbook"),
+    "handbook.school_checkup": gettext_lazy("a school checkup entered in the MCH handbook"),
+    "handbook.note": gettext_lazy("a note in the MCH handbook"),
+    "handbook.note_edit": gettext_lazy("a change to a note in the MCH handbook"),
+    "handbook.note_delete": gettext_lazy("the deletion of a note in the MCH handbook"),
+    "view.medications": gettext_lazy("the medication notebook"),
+    "medications.import": gettext_lazy("medicines imported into the medication notebook"),
+    "medications.add": gettext_lazy("a medicine entered in the medication notebook"),
+    "medications.edit": gettext_lazy("a change to a medicine in the medication notebook"),
+    "view.notifications": gettext_lazy("the reminders about vaccinations and checkups"),
+    "export.bundle": gettext_lazy("a download of all records (FHIR)"),
+    "export.print": gettext_lazy("all records, for printing"),
+    "fhir.everything": gettext_lazy("all of a person's records, through the API"),
+    "guardian_invitation.issue": gettext_lazy("an invitation to a second guardian"),
+    "guardian_invitation.revoke": gettext_lazy("the withdrawal of an invitation to a guardian"),
+    "guardian_invitation.accept": gettext_lazy("a second guardian who accepted an invitation"),
+    "family.child_add": gettext_lazy("a child added by the family"),
+    "account.leave": gettext_lazy("an account closed"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
-HIDDEN_ACTIONS = ("break_glass.alert",)
+# The daily reminder job's read as the guardian ("reminder.check"), too:
+# otherwise each guardian would see the other's daily check.
+HIDDEN_ACTIONS = ("break_glass.alert", "reminder.check")
 ROLE_WORDS = {
     Role.CLINIC_STAFF: pgettext_lazy("who accessed", "clinic staff"),
     Role.MUNICIPAL_STAFF: pgettext_lazy("who accessed", "municipal staff"),

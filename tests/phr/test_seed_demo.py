@@ -452,6 +452,8 @@ def test_the_child_has_the_vaccinations_due_by_14_months(output: str) -> None:
     son = child()
     birth = date.fromisoformat(Resource.objects.get(id=son.id).content["birthDate"])
     expected = due_doses(birth, TODAY)
+    # The demo leaves MR 第1期 for the family (the handbook shows it due).
+    expected["麻しん風しん(MR)"] -= 1
     seeded: Counter[str] = Counter()
     municipality = Organization.objects.get(kind="municipality")
     for row in records(son, "Immunization"):
