@@ -198,6 +198,7 @@ class Vaccination:
     performer: str
     lot: str
     source: Source
+    editable: bool = False  # reported by the user who reads it (may delete it)
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ def _checkup(row: Resource, birth: date | None, language: str) -> Checkup:
     )
 
 
-def _vaccination(row: Resource, birth: date | None, language: str) -> Vaccination:
+def _vaccination(row: Resource, birth: date | None, language: str, user: Any = None) -> Vaccination:
     content = row.content or {}
     code = ""
     for coding in (content.get("vaccineCode") or {}).get("coding") or []:
@@ -464,6 +465,7 @@ def _vaccination(row: Resource, birth: date | None, language: str) -> Vaccinatio
         performer=_named_provider(content),
         lot=str(content.get("lotNumber") or ""),
         source=_source(row, content, language),
+        editable=_own(row, user),
     )
 
 
@@ -487,6 +489,17 @@ def _medicine(row: Resource, language: str) -> Medicine:
         day=_day(row),
         by=_named_provider(content),
         source=_source(row, content, language),
+    )
+
+
+def _own(row: Resource, user: Any) -> bool:
+    """Written (this version) by `user` herself: the family's own entry."""
+    provenance = row.provenance
+    return (
+        user is not None
+        and provenance is not None
+        and provenance.origin == Provenance.Origin.SELF
+        and provenance.agent_user_id == getattr(user, "pk", None)
     )
 
 
@@ -590,7 +603,7 @@ def child_handbook(*, user: Any, patient: Patient) -> ChildHandbook:
         if row.resource_type == "Encounter":
             encounters[row.id] = _checkup(row, birth, language)
         elif row.resource_type == "Immunization":
-            vaccinations.append(_vaccination(row, birth, language))
+            vaccinations.append(_vaccination(row, birth, language, user))
         elif row.resource_type == "Observation":
             if _is_note(row):
                 notes.append(_note(row, user, language))
@@ -870,6 +883,11 @@ def note_of(*, user: Any, patient: Patient, note_id: uuid.UUID) -> Resource | No
         .filter(id=note_id, resource_type="Observation", tokens__contains=[NOTE_TOKEN])
         .first()
     )
+
+
+def vaccination_of(*, user: Any, patient: Patient, record_id: uuid.UUID) -> Resource | None:
+    """One Immunization of `patient` that `user` may see, or None."""
+    return _visible(user, patient).filter(id=record_id, resource_type="Immunization").first()
 
 
 def birth_items_recorded(*, user: Any, patient: Patient) -> dict[str, list[Item]]:

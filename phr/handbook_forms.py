@@ -1,5 +1,5 @@
 """The handbook's forms: a school checkup the parent enters (学校健診), the
-birth data, a note.
+birth data, a vaccination given elsewhere, a note.
 
 Values are checked as the school feed checks them
 (municipal_data/formats/school_checkup.py: vision A–D or an acuity, teeth
@@ -15,12 +15,23 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.core.validators import RegexValidator
+from django.utils.translation import get_language, pgettext
 from django.utils.translation import gettext_lazy as _
 
 from municipal_data.formats import common
 from municipal_data.formats import school_checkup as school
+from municipal_data.formats import vaccination as vaccine_formats
 from phr import terminology
-from phr.handbook_services import NOTE_MAX, BirthData, SchoolCheckup, today
+from phr import vaccination_schedule as schedule
+from phr.handbook_services import (
+    NOTE_MAX,
+    REPORT_ORIGINS,
+    BirthData,
+    ReportedDose,
+    SchoolCheckup,
+    today,
+)
 from phr.tabular import FieldError
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d"]
@@ -309,3 +320,191 @@ class NoteForm(forms.Form):
         if not text:
             raise forms.ValidationError(_("Write something in the note."))
         return text
+
+
+# --------------------------------------------------------------------------
+# A vaccination given elsewhere (予防接種の記録, reported by a parent)
+# --------------------------------------------------------------------------
+
+
+def vaccine_name(v: vaccine_formats.Vaccine) -> str:
+    """The vaccine as families call it, in the active language."""
+    return v.name if (get_language() or "ja").startswith("ja") else v.en
+
+
+def dose_name(v: vaccine_formats.Vaccine, number: int) -> str:
+    """A dose as the paper handbook names it: "1期初回 2回目", "第2期", "2回目"
+    (number: the dose in the vaccine's whole schedule)."""
+    for series, start in v.starts():
+        if start <= number < start + series.count:
+            within = number - start + 1
+            phase = str(schedule.PHASE_LABELS[series.label]) if series.label else ""
+            if phase and series.count == 1:
+                return phase
+            if phase:
+                return pgettext("reported dose", "%(phase)s, dose %(number)d") % {
+                    "phase": phase,
+                    "number": within,
+                }
+            return pgettext("reported dose", "Dose %(number)d") % {"number": within}
+    raise ValueError(number)
+
+
+def dose_choices() -> list[tuple[str, Any]]:
+    """Every dose of every routine vaccine, grouped by vaccine: the value
+    "<vaccine code>:<dose number in the whole schedule>"."""
+    choices: list[tuple[str, Any]] = [("", _("Choose the vaccine and the dose"))]
+    for v in vaccine_formats.VACCINES.values():
+        choices.append(
+            (vaccine_name(v), [(f"{v.code}:{n}", dose_name(v, n)) for n in range(1, v.doses + 1)])
+        )
+    return choices
+
+
+def _paths(code: str) -> list[schedule.Path]:
+    """The schedule engine's paths a dose of `code` can be on
+    (phr.vaccination_schedule: by start age, by product)."""
+    series = schedule.SERIES_OF[code]
+    if series == "rotavirus":
+        return [schedule.ROTAVIRUS.get(code, schedule.ROTAVIRUS["rv5"])]
+    if series == "hpv":
+        if code in ("hpv2", "hpv4"):
+            return [schedule.HPV_PATHS[code]]
+        return [schedule.HPV_PATHS["hpv9-2"], schedule.HPV_PATHS["hpv9-3"]]
+    many = {"hib": schedule.HIB_PATHS, "pcv": schedule.PCV_PATHS}
+    if series in many:
+        return list(many[series].values())
+    one = {
+        "dtap-ipv-hib": schedule.DTAP_IPV_HIB, "dtap-ipv": schedule.DTAP_IPV,
+        "hepb": schedule.HEPB, "bcg": schedule.BCG, "mr": schedule.MR,
+        "varicella": schedule.VARICELLA, "je": schedule.JE, "dt": schedule.DT,
+    }  # fmt: skip
+    return [one[series]]
+
+
+def routine_ages(code: str, number: int, birth: date) -> tuple[date, date] | None:
+    """The first and last day this child may get dose `number` of `code`
+    as a routine vaccination (予防接種法施行令's ages, as the schedule engine
+    counts them: phr.vaccination_schedule's DoseRule.eligible), or None
+    when no path of the schedule has such a dose."""
+    for path in _paths(code):
+        for rule in path.doses:
+            if rule.number == number:
+                return rule.eligible[0].on(birth), rule.eligible[1].on(birth)
+    return None
+
+
+LOT = RegexValidator(
+    r"^[0-9A-Za-z][0-9A-Za-z./-]*$",
+    _("A lot number is letters and digits (and . / -), as printed on the sticker."),
+)
+
+
+class VaccinationForm(forms.Form):
+    """A dose given elsewhere — before moving here, read off the paper
+    handbook: the vaccine and dose as the schedule knows them, the day,
+    optionally the lot and the clinic.
+
+    Refused: a day in the future or before birth. A day outside the dose's
+    routine ages (the schedule engine's rules) is asked to be confirmed,
+    since voluntary and catch-up doses happen; the schedule then shows the
+    dose with the engine's note ("early" / "outside_ages")."""
+
+    dose = forms.ChoiceField(label=_("Vaccine and dose"))
+    date = _date_field(_("Date of the vaccination"))
+    report_origin = forms.ChoiceField(
+        label=_("Where does the date come from?"),
+        choices=[
+            ("record", _("A written record (the paper handbook, a vaccination certificate)")),
+            ("recall", _("We remember it")),
+        ],
+        initial="record",
+        widget=forms.RadioSelect,
+    )
+    lot_number = forms.CharField(
+        label=_("Lot number"), required=False, max_length=30, validators=[LOT]
+    )
+    clinic_name = forms.CharField(label=_("Clinic"), required=False, max_length=100)
+    confirm_ages = forms.BooleanField(
+        label=_("The date is right: record it anyway"), required=False
+    )
+
+    def __init__(self, *args: Any, birth_date: date | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.birth_date = birth_date
+        self.fields["dose"].choices = dose_choices()
+        self.needs_confirmation = False
+
+    def clean_dose(self) -> tuple[str, int]:
+        code, _sep, number = self.cleaned_data["dose"].partition(":")
+        # ChoiceField has checked the value is one of dose_choices().
+        return code, int(number)
+
+    def clean_date(self) -> date:
+        day: date = self.cleaned_data["date"]
+        if day > today():
+            raise forms.ValidationError(
+                _("The date %(day)s is in the future."), params={"day": day.isoformat()}
+            )
+        if self.birth_date is not None and day < self.birth_date:
+            raise forms.ValidationError(
+                _("The date %(day)s is before the child's birth (%(birth)s)."),
+                params={"day": day.isoformat(), "birth": self.birth_date.isoformat()},
+            )
+        return day
+
+    def clean_report_origin(self) -> str:
+        origin: str = self.cleaned_data["report_origin"]
+        assert origin in REPORT_ORIGINS
+        return origin
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        dose, day = cleaned.get("dose"), cleaned.get("date")
+        if dose is None or day is None or self.birth_date is None:
+            return cleaned
+        warning = self.age_warning(*dose, day)
+        if warning and not cleaned.get("confirm_ages"):
+            self.needs_confirmation = True
+            self.add_error("date", warning)
+        return cleaned
+
+    def age_warning(self, code: str, number: int, day: date) -> str:
+        """Why this day does not fit the dose's routine ages, or ""."""
+        assert self.birth_date is not None
+        v = vaccine_formats.VACCINES[code]
+        name = f"{vaccine_name(v)} {dose_name(v, number)}"
+        series = schedule.SERIES_OF[code]
+        born_from = schedule.BORN_FROM.get(series)
+        if born_from is not None and self.birth_date < born_from:
+            return str(
+                _("%(dose)s is a routine vaccination only for children born on or after "
+                  "%(from)s. If the dose was given (e.g. as a voluntary vaccination), confirm "
+                  "below.")
+                % {"dose": name, "from": born_from.isoformat()}
+            )  # fmt: skip
+        ages = routine_ages(code, number, self.birth_date)
+        if ages is None or ages[0] <= day <= ages[1]:
+            return ""
+        first, last = ages
+        return str(
+            _("%(dose)s is a routine vaccination from %(first)s to %(last)s for this child "
+              "(the ages the schedule's rules allow); %(day)s is %(when)s. Check the date and "
+              "the dose. If they are right (e.g. a voluntary or catch-up vaccination), confirm "
+              "below: the schedule will show the dose with a note saying so.")
+            % {"dose": name, "first": first.isoformat(), "last": last.isoformat(),
+               "day": day.isoformat(),
+               "when": _("before them") if day < first else _("after them")}
+        )  # fmt: skip
+
+    def reported(self) -> ReportedDose:
+        data = self.cleaned_data
+        code, number = data["dose"]
+        return ReportedDose(
+            vaccine=code,
+            dose_number=number,
+            day=data["date"],
+            lot=(data.get("lot_number") or "").strip(),
+            clinic=(data.get("clinic_name") or "").strip(),
+            report_origin=data["report_origin"],
+        )

@@ -1,6 +1,7 @@
 """What the family writes into the handbook itself: school checkup results
 the school's system did not send (学校健診), birth data missing from the
-records, and notes (保護者の記録 / 妊婦の記録).
+records, vaccinations given elsewhere (a parent's report, shaped like the
+municipal register's) and notes (保護者の記録 / 妊婦の記録).
 
 Each write is the family's own (Provenance origin SELF, the user as agent)
 and is authorized by the caller with `sharing.access.may_write(...,
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from municipal_data.formats import common
 from municipal_data.formats import school_checkup as school
+from municipal_data.formats import vaccination as vaccine_formats
 from phr import store
 from phr.audit import AuditEntry, audit_write_many
 from phr.handbook import HANDBOOK_SYSTEM, NOTE_CODE
@@ -366,6 +368,110 @@ def note_delete(*, user: User, patient: Patient, note_id: uuid.UUID) -> None:
         resource_type="Observation", resource_id=note_id, provenance=_provenance(user)
     )
     _audit(user, patient, "handbook.note_delete", note_category(patient), note=str(note_id))
+
+
+# --------------------------------------------------------------------------
+# Vaccinations given elsewhere (a parent's report)
+# --------------------------------------------------------------------------
+
+# FHIR R4 Immunization.reportOrigin (example binding, immunization-origin):
+# a parent's report is never the primary source; she reads it off a written
+# record (the paper 母子健康手帳, a 予防接種済証) or remembers it.
+IMMUNIZATION_ORIGIN_SYSTEM = "http://terminology.hl7.org/CodeSystem/immunization-origin"
+REPORT_ORIGINS = {"record": "Written Record", "recall": "Parent/Guardian/Patient Recall"}
+
+
+@dataclass(frozen=True)
+class ReportedDose:
+    """One dose a parent reports (already validated by
+    phr/handbook_forms.VaccinationForm)."""
+
+    vaccine: str  # a code of municipal_data.formats.vaccination.VACCINES
+    dose_number: int  # in the vaccine's whole schedule (doseNumberPositiveInt)
+    day: date
+    lot: str = ""
+    clinic: str = ""
+    report_origin: str = "record"  # a REPORT_ORIGINS code
+
+
+def vaccination_system(patient: Patient) -> str:
+    return f"urn:hagukumi:self:{patient.pk}:vaccination"
+
+
+def vaccination_key(dose: ReportedDose) -> str:
+    """One record per dose of a series, whatever the product named (PCV13
+    or "小児用肺炎球菌" dose 1 are the same dose): entering it again corrects
+    it, never adds a second record."""
+    from phr.vaccination_schedule import SERIES_OF
+
+    return f"{SERIES_OF.get(dose.vaccine, dose.vaccine)}#{dose.dose_number}"
+
+
+def vaccination_resource(dose: ReportedDose, *, patient: Patient) -> dict[str, Any]:
+    """The Immunization shaped exactly as the municipal register's
+    (municipal_data/formats/vaccination.resources): our vaccine code, the
+    dose number in the whole schedule and the series label — plus what says
+    it is a parent's report (primarySource false, reportOrigin)."""
+    v = vaccine_formats.VACCINES[dose.vaccine]
+    protocol: dict[str, Any] = {"doseNumberPositiveInt": dose.dose_number}
+    label = v.series_of(dose.dose_number).label
+    if label:
+        protocol["series"] = label
+    resource: dict[str, Any] = {
+        "resourceType": "Immunization",
+        "meta": common.meta(Category.VACCINATIONS),
+        "status": "completed",
+        "vaccineCode": {
+            "coding": [{"system": common.VACCINE_SYSTEM, "code": v.code, "display": v.name}],
+            "text": v.name,
+        },
+        "patient": common.patient_ref(str(patient.pk)),
+        "occurrenceDateTime": dose.day.isoformat(),
+        "primarySource": False,
+        "reportOrigin": {
+            "coding": [
+                {
+                    "system": IMMUNIZATION_ORIGIN_SYSTEM,
+                    "code": dose.report_origin,
+                    "display": REPORT_ORIGINS[dose.report_origin],
+                }
+            ]
+        },
+    }
+    if dose.lot:
+        resource["lotNumber"] = dose.lot
+    actor = common.institution_ref(None, dose.clinic)
+    if actor is not None:
+        resource["performer"] = [{"actor": actor}]
+    resource["protocolApplied"] = [protocol]
+    return resource
+
+
+@transaction.atomic
+def vaccination_record(*, user: User, patient: Patient, dose: ReportedDose) -> uuid.UUID:
+    """Write a dose the parent reports; return the Immunization's id. The
+    same dose (series and number) again corrects the earlier report."""
+    source = store.Source(vaccination_system(patient), vaccination_key(dose))
+    resource = vaccination_resource(dose, patient=patient)
+    store.records_write_bulk([(resource, source)], provenance=_provenance(user))
+    rid = store.source_resource_id("Immunization", source)
+    _audit(user, patient, "handbook.vaccination", Category.VACCINATIONS, record=str(rid))
+    return rid
+
+
+def vaccination_author_id(record: Resource) -> int | None:
+    """The user who reported this version of the dose (only the family's
+    own reports have one; a municipal or clinic record has none)."""
+    return note_author_id(record)
+
+
+@transaction.atomic
+def vaccination_delete(*, user: User, patient: Patient, record_id: uuid.UUID) -> None:
+    store.record_delete(
+        resource_type="Immunization", resource_id=record_id, provenance=_provenance(user)
+    )
+    _audit(user, patient, "handbook.vaccination_delete", Category.VACCINATIONS,
+           record=str(record_id))  # fmt: skip
 
 
 def today() -> date:

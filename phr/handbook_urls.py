@@ -15,6 +15,12 @@ urlpatterns = [
         name="school_checkup_new",
     ),
     path("<uuid:patient_id>/birth/", views.birth_data, name="birth"),
+    path("<uuid:patient_id>/vaccinations/new/", views.vaccination_new, name="vaccination_new"),
+    path(
+        "<uuid:patient_id>/vaccinations/<uuid:record_id>/delete/",
+        views.vaccination_delete,
+        name="vaccination_delete",
+    ),
     path("<uuid:patient_id>/notes/new/", views.note_new, name="note_new"),
     path("<uuid:patient_id>/notes/<uuid:note_id>/edit/", views.note_edit, name="note_edit"),
     path("<uuid:patient_id>/notes/<uuid:note_id>/delete/", views.note_delete, name="note_delete"),

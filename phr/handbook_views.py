@@ -1,7 +1,7 @@
 """The digital MCH handbook (母子健康手帳): a child's handbook and a
 mother's pregnancy handbook, on screen and as a print page laid out like
 the paper handbook; the family's own entries (school checkups, birth data,
-notes).
+notes, vaccinations given elsewhere).
 
 Views authorize (sharing.access: access_patient for reading, may_write
 with purpose=personal for the family's own entries), read
@@ -25,7 +25,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from phr import handbook, handbook_services, schedules
-from phr.handbook_forms import BirthDataForm, NoteForm, SchoolCheckupForm
+from phr.handbook_forms import BirthDataForm, NoteForm, SchoolCheckupForm, VaccinationForm
 from phr.models import Patient
 from sharing.access import Category as C
 from sharing.access import (
@@ -91,6 +91,7 @@ def _context(request: HttpRequest, patient: Patient) -> dict[str, Any]:
         context["may_enter_school"] = _may(request, patient, C.SCHOOL_CHECKUPS)
         context["may_enter_birth"] = _may(request, patient, C.INFANT_CHECKUPS)
         context["may_note"] = context["may_enter_birth"]
+        context["may_enter_vaccination"] = _may(request, patient, C.VACCINATIONS)
     else:
         context["book"] = handbook.mother_handbook(user=request.user, patient=patient, today=today)
         context["may_note"] = _may(request, patient, C.PREGNANCY)
@@ -261,3 +262,66 @@ def note_delete(request: HttpRequest, patient_id: uuid.UUID, note_id: uuid.UUID)
     handbook_services.note_delete(user=request.user, patient=patient, note_id=note.id)
     messages.success(request, _("The note was deleted."))
     return redirect(reverse("handbook:book", args=[patient.pk]) + "#notes")
+
+
+# --------------------------------------------------------------------------
+# Vaccinations given elsewhere (a parent's report)
+# --------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+def vaccination_new(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
+    """予防接種の記録: a dose given elsewhere (before moving here, read off
+    the paper handbook), reported by a guardian."""
+    patient = _writable(
+        request,
+        patient_id,
+        category=C.VACCINATIONS,
+        action="handbook.vaccination",
+        child_only=True,
+    )
+    person = handbook.selectors.person(user=request.user, patient=patient)
+    # A link may name the dose to report (?dose=mr:2, as the form's values).
+    initial = {"dose": request.GET.get("dose", ""), "date": None}
+    form = VaccinationForm(
+        request.POST if request.method == "POST" else None,
+        birth_date=person.birth_date,
+        initial=initial,
+    )
+    if request.method == "POST" and form.is_valid():
+        handbook_services.vaccination_record(
+            user=request.user, patient=patient, dose=form.reported()
+        )
+        messages.success(request, _("The vaccination was added to the handbook."))
+        return redirect(reverse("handbook:book", args=[patient.pk]) + "#vaccinations")
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request,
+        "phr/handbook/vaccination_form.html",
+        {"patient": patient, "person": person, "form": form},
+        status=status,
+    )
+
+
+@require_POST
+@login_required
+def vaccination_delete(
+    request: HttpRequest, patient_id: uuid.UUID, record_id: uuid.UUID
+) -> HttpResponse:
+    """Delete a dose the user reported herself (a tombstone; history kept).
+    Someone else's report, and the municipality's or a clinic's records,
+    are 404: they stay with their source."""
+    patient = _writable(
+        request,
+        patient_id,
+        category=C.VACCINATIONS,
+        action="handbook.vaccination_delete",
+        child_only=True,
+    )
+    record = handbook.vaccination_of(user=request.user, patient=patient, record_id=record_id)
+    if record is None or handbook_services.vaccination_author_id(record) != request.user.pk:
+        raise Http404
+    handbook_services.vaccination_delete(user=request.user, patient=patient, record_id=record.id)
+    messages.success(request, _("The vaccination you entered was deleted."))
+    return redirect(reverse("handbook:book", args=[patient.pk]) + "#vaccinations")

@@ -1101,9 +1101,12 @@ CLINIC_REGISTERED = Decision(
 
 # What a family records itself (purpose=personal writes): school checkup
 # results the school did not send, birth data missing from the records, the
-# parents' own notes (保護者の記録 / 妊婦の記録), home vitals and medicines.
-# Never a clinic's or municipality's categories of examination results
-# (prenatal checkups, vaccinations).
+# parents' own notes (保護者の記録 / 妊婦の記録), home vitals and medicines,
+# and vaccinations given elsewhere that the parent reports (before moving to
+# this town, read off the paper handbook: an Immunization with primarySource
+# false, docs/decisions/0014-handbook.md) — never a change to the
+# municipality's or a clinic's records, which stay theirs. Never prenatal
+# checkups: those are the clinic's examination results.
 FAMILY_WRITABLE = (
     Category.SCHOOL_CHECKUPS,
     Category.INFANT_CHECKUPS,
@@ -1111,6 +1114,7 @@ FAMILY_WRITABLE = (
     Category.VITALS,
     Category.MEDICATIONS,
     Category.ALLERGIES_CONDITIONS,
+    Category.VACCINATIONS,
 )
 
 
