@@ -400,3 +400,25 @@ def test_the_form_lists_every_routine_vaccine_with_its_doses_as_the_schedule_nam
         )
         == "pcv#1"
     )
+
+
+def test_a_vaccine_not_routine_for_the_childs_birth_year_is_asked_to_be_confirmed(
+    mother: Any,
+) -> None:
+    # B型肝炎 is routine only for children born from 2016-04-01
+    # (vaccination_schedule.BORN_FROM): a dose reported for an older child is
+    # possible (voluntary), so it is asked to be confirmed, not refused.
+    from phr.models import Guardianship
+    from phr.services import guardianship_add
+    from tests import factories as f
+
+    older = f.make_patient(given="たろう", birth_date=date(2015, 6, 1))
+    guardianship_add(guardian=mother, child=older, relationship=Guardianship.Relationship.MOTHER)
+    client = client_for(mother)
+    response = client.post(new_url(older), form("hepb:1", "2015-08-01"), HTTP_ACCEPT_LANGUAGE="en")
+    assert response.status_code == 400
+    assert "only for children born on or after 2016-04-01" in text_of(response)
+    assert immunizations(older) == []
+    confirmed = form("hepb:1", "2015-08-01", confirm_ages="on")
+    assert client.post(new_url(older), confirmed).status_code == 302
+    assert len(immunizations(older)) == 1
