@@ -26,7 +26,13 @@ BIRTH = date(2021, 10, 1)
 
 def _child(mother: Any, municipality: Any, scale: float) -> Any:
     child = f.make_patient(given=f"子{scale}", birth_date=BIRTH)
-    guardianship_add(guardian=mother, child=child, relationship=Guardianship.Relationship.MOTHER)
+    # From birth, not from today: the requests below run on a fixed day.
+    guardianship_add(
+        guardian=mother,
+        child=child,
+        relationship=Guardianship.Relationship.MOTHER,
+        valid_from=BIRTH,
+    )
     counts = data.five_years(child=child, birth=BIRTH, municipality=municipality, scale=scale)
     assert counts["vitals"] == round(2000 * scale)
     return child
