@@ -120,6 +120,10 @@ ACTION_WORDS = {
     "handbook.birth": gettext_lazy("birth data entered in the MCH handbook"),
     "handbook.birth_data": gettext_lazy("birth data entered in the MCH handbook"),
     "handbook.school_checkup": gettext_lazy("a school checkup entered in the MCH handbook"),
+    "handbook.vaccination": gettext_lazy("a vaccination entered in the MCH handbook"),
+    "handbook.vaccination_delete": gettext_lazy(
+        "the deletion of a vaccination entered in the MCH handbook"
+    ),
     "handbook.note": gettext_lazy("a note in the MCH handbook"),
     "handbook.note_edit": gettext_lazy("a change to a note in the MCH handbook"),
     "handbook.note_delete": gettext_lazy("the deletion of a note in the MCH handbook"),
