@@ -437,6 +437,7 @@ def _for(patient_name: str, path: str) -> Callable[[World], str]:
             note=world.records["child_note"],
             statement=world.records["child_statement"],
             vaccination=world.records["child_vaccination"],
+            reported=world.records["child_reported_vaccination"],
         )
 
     return sample
@@ -948,12 +949,29 @@ EXPECTATIONS: dict[str, Rule] = {
             ok={"GET": 200, "POST": 400},
             patients=CHILDREN,
         ),
+        *family_form(
+            "handbook/{patient}/vaccinations/new/",
+            ok={"POST": 302},
+            body=lambda w: {
+                "dose": "hib:2",
+                "date": "2025-12-10",
+                "report_origin": "record",
+                "confirm_ages": "on",
+            },
+            patients=("child",),
+        ),
         Case(
             _for("mother_patient", "handbook/{patient}/vaccinations/new/"),
             {"GET": S(user=404), "POST": S(user=404)},
         ),
     ),
     "handbook/<uuid:patient_id>/vaccinations/<uuid:record_id>/delete/": cases(
+        *family_form(
+            "handbook/{patient}/vaccinations/{reported}/delete/",
+            ok={"POST": 302},
+            writers={"child": frozenset({"mother"})},
+            patients=("child",),
+        ),
         Case(
             _for("child", "handbook/{patient}/vaccinations/{vaccination}/delete/"),
             {"GET": S(anyone=405), "POST": S(user=404)},
@@ -1564,6 +1582,12 @@ def build_world() -> World:
         patient=child, user=mother, name="mk-med-own", start=date(2026, 10, 2)
     )
     markers[records["child_statement"]] = "mk-med-own"
+    # A dose given elsewhere that the mother reported (only she deletes it).
+    records["child_reported_vaccination"] = handbook_services.vaccination_record(
+        user=mother,
+        patient=child,
+        dose=handbook_services.ReportedDose(vaccine="hib", dose_number=1, day=date(2025, 11, 5)),
+    )
     # A parent's note in the child's handbook, written by the mother.
     records["child_note"] = handbook_services.note_write(
         user=mother, patient=child, day=date(2026, 10, 3), text="mk-note-first-steps"
