@@ -40,7 +40,16 @@ Rule kinds (constructor → what is checked for every persona):
 - scoped(params, personas): the object travels in the body or query string
   (Sharing actions): `ok` for those personas, 404 for everyone else, 405
   for other verbs.
-- Rule(FHIR_…): the FHIR API, against the oracle, with a session and a token.
+- Rule(FHIR_…): the FHIR API, against the oracle, with a session and a token
+  (FHIR_EVERYTHING: Patient/{id}/$everything, its entries by record id).
+- cases(Case(…), …): several paths of one route (each patient's, an object
+  of the world's, valid and empty bodies, a re-authenticated session with
+  fresh=True), each with statuses per audience like page(); `shows` bounds
+  the patients a page may name, `after` looks at what a write did inside
+  its savepoint. family_form(…) makes the cases of a family's own form:
+  its writers (FAMILY_OF, purpose personal) get the status, others 404.
+- custom(check): a check of its own (the export's Bundle and print page,
+  compared by record id and marker with what each persona sees as herself).
 """
 
 from __future__ import annotations
