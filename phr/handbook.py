@@ -278,6 +278,9 @@ class Pregnancy:
     organization: str
     source: Source
     visits: list[Visit] = field(default_factory=list)
+    # Results of the pregnancy no visit holds (a clinic's fundal height or
+    # HIV test sent without its Encounter), by date.
+    results: list[Item] = field(default_factory=list)
     delivery: Checkup | None = None
     medicines: list[Medicine] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
@@ -291,6 +294,9 @@ class MotherHandbook:
     more_medicines: bool
     home_measurements: list[Item]
     notes: list[Note]
+    # Prenatal results outside every recorded pregnancy (or with no
+    # pregnancy recorded): shown apart rather than dropped or guessed.
+    other_results: list[Item] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------
@@ -763,7 +769,9 @@ def gestation_text(days: int | None) -> str:
 def mother_handbook(*, user: Any, patient: Patient, today: date | None = None) -> MotherHandbook:
     """A mother's handbook: each pregnancy (active first) with its due date,
     gestational age today, prenatal visits (weight, blood pressure and the
-    rest), the delivery, the medicines of the pregnancy; her notes."""
+    rest), the results no visit holds (by date, in the pregnancy they fall
+    in, else apart), the delivery, the medicines of the pregnancy; her
+    notes."""
     today = today or timezone.localdate(timezone=JAPAN)
     language = _language()
     person = selectors.person(user=user, patient=patient)
@@ -805,10 +813,13 @@ def mother_handbook(*, user: Any, patient: Patient, today: date | None = None) -
                     edd.append((item.day, due))
                 continue
             observations.append((row, item))
+    loose: list[Item] = []  # in date order (_book_rows)
     for row, item in observations:
         found = encounters.get(_encounter_reference(row.content or {}) or uuid.UUID(int=0))
         if found is not None:
             found[1].items.append(item)
+        else:
+            loose.append(item)
     # Each pregnancy: its due date (on the episode, else the latest
     # estimate recorded during it), its visits and delivery.
     for pregnancy in pregnancies.values():
@@ -838,6 +849,12 @@ def mother_handbook(*, user: Any, patient: Patient, today: date | None = None) -
             target.delivery = checkup
         else:
             target.visits.append(_visit(checkup, target))
+    other_results: list[Item] = []
+    for item in loose:
+        home = next(
+            (p for p in pregnancies.values() if _within(item.day, p.started, p.ended)), None
+        )
+        (home.results if home is not None else other_results).append(item)
     medicines, more = _medicines(user, patient, language)
     for pregnancy in pregnancies.values():
         end = pregnancy.ended or today
@@ -854,6 +871,7 @@ def mother_handbook(*, user: Any, patient: Patient, today: date | None = None) -
         more_medicines=more,
         home_measurements=_home_measurements(user, patient, language),
         notes=sorted(notes, key=lambda n: (n.day or date.min), reverse=True),
+        other_results=other_results,
     )
 
 

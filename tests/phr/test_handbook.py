@@ -15,8 +15,9 @@ from django.urls import reverse
 
 from municipal_data.formats import school_checkup
 from municipal_data.records import MunicipalRecord, Person
-from phr import demo, handbook, store
+from phr import demo, handbook, services, store
 from phr.models import AuditEvent, Provenance, Resource
+from phr.terminology import CATEGORY_SYSTEM, LOCAL
 from sharing.access import Purpose, may_write
 from sharing.models import ConsentPurpose
 from sharing.services import consent_grant
@@ -191,6 +192,68 @@ def test_it_shows_the_mother_her_pregnancy_due_date_gestational_age_and_visits(
     assert " kg" in page
     assert clinic.name in page
     assert "badge badge-clinic" in page
+
+
+def test_it_lists_prenatal_results_no_visit_holds_by_date_with_their_source(
+    mother: Any, mother_patient: Any, clinic: Any
+) -> None:
+    # A clinic's fundal height and HIV test sent without their Encounter,
+    # and a result from before this pregnancy: none of them is dropped.
+    due = _pregnancy(mother_patient, clinic)
+    started = due - timedelta(days=280)
+    fundal_day, hiv_day = TODAY - timedelta(days=3), started + timedelta(days=60)
+    f.write_observation(
+        mother_patient,
+        organization=clinic,
+        origin=Provenance.Origin.CLINIC,
+        code="11881-0",
+        value=26.7,
+        unit="cm",
+        when=fundal_day.isoformat(),
+        category="prenatal_checkups",
+    )
+    hiv = {
+        "resourceType": "Observation",
+        "status": "final",
+        "meta": {"tag": [{"system": CATEGORY_SYSTEM, "code": "prenatal_checkups"}]},
+        "code": {"coding": [{"system": LOCAL, "code": "hiv-antibody"}], "text": "HIV抗体"},
+        "subject": {"reference": f"Patient/{mother_patient.pk}"},
+        "effectiveDateTime": hiv_day.isoformat(),
+        "valueString": "陰性",
+    }
+    provenance = services.provenance_create(origin=Provenance.Origin.CLINIC, organization=clinic)
+    store.record_write(hiv, provenance=provenance)
+    f.write_observation(
+        mother_patient,
+        organization=clinic,
+        origin=Provenance.Origin.CLINIC,
+        code="11881-0",
+        value=30.1,
+        unit="cm",
+        when="2020-05-01",
+        category="prenatal_checkups",
+    )
+    html = client_for(mother).get(book_url(mother_patient)).content.decode()
+    pregnancy, _, outside = html.partition('id="other-results"')
+    rows = re.findall(r'<tr class="hb-result">(.*?)</tr>', pregnancy, re.S)
+    # In the pregnancy, by date: the HIV test (at 8 weeks), then the fundal height.
+    assert len(rows) == 2
+    assert f'datetime="{hiv_day.isoformat()}"' in rows[0]
+    assert "陰性" in rows[0]
+    assert f'datetime="{fundal_day.isoformat()}"' in rows[1]
+    assert "26.7" in rows[1]
+    for row in rows:
+        assert "badge badge-clinic" in row
+        assert clinic.name in row
+    # Before the pregnancy began: listed apart, not in it.
+    assert "30.1" not in pregnancy
+    (before,) = re.findall(r'<tr class="hb-result">(.*?)</tr>', outside, re.S)
+    assert 'datetime="2020-05-01"' in before
+    assert "30.1" in before
+    assert "記録された妊娠の期間外の妊婦健診の結果" in outside
+    # The visits keep their own results (not repeated as loose ones).
+    assert "116/72 mmHg" in pregnancy
+    assert "116/72" not in "".join(rows)
 
 
 def test_it_hides_the_mothers_own_handbook_from_the_other_guardian(

@@ -406,20 +406,11 @@ def handbook_reach(world: World, persona: str, patient: Patient) -> set[uuid.UUI
 
 def handbook_must(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
     """All of the reach, but a pregnancy (shown by its dates and provider,
-    not by its type's text) and, in a mother's handbook, an observation
-    outside a prenatal visit (her handbook lists visits with their
-    results; a result no visit holds is not listed)."""
+    not by its type's text). A mother's result no prenatal visit holds (the
+    clinic's fundal height, the HIV test) is listed too, by date."""
     reach = handbook_reach(world, persona, patient)
-    rows = Resource.objects.filter(id__in=reach).values_list("id", "resource_type", "content")
-    must = set()
-    for rid, resource_type, content in rows:
-        if resource_type == "EpisodeOfCare":
-            continue
-        loose = resource_type == "Observation" and not (content or {}).get("encounter")
-        if patient.kind != Patient.Kind.CHILD and loose and rid not in _notes(world):
-            continue
-        must.add(rid)
-    return must
+    rows = Resource.objects.filter(id__in=reach).values_list("id", "resource_type")
+    return {rid for rid, resource_type in rows if resource_type != "EpisodeOfCare"}
 
 
 def _notes(world: World) -> set[uuid.UUID]:
@@ -1032,11 +1023,13 @@ EXPECTATIONS: dict[str, Rule] = {
     "medications/<uuid:patient_id>/": patient_page(
         NOTEBOOK_ALLOWED, notebook_reach, must=notebook_reach
     ),
-    # An import shows its report (200); "discard" the scanned parts: back (302).
+    # An import shows its report (200); "discard" the scanned parts: back
+    # (302); no text and no file: the form with errors (400).
     "medications/<uuid:patient_id>/import/": cases(
         *family_form(
             "medications/{patient}/import/", ok={"GET": 200, "POST": 200}, body=_jahis_body
         ),
+        *family_form("medications/{patient}/import/", ok={"POST": 400}),
         *family_form(
             "medications/{patient}/import/",
             ok={"POST": 302},
@@ -1047,13 +1040,19 @@ EXPECTATIONS: dict[str, Rule] = {
         *family_form(
             "medications/{patient}/new/", ok={"GET": 200, "POST": 302}, body=_medicine_body
         ),
-        *family_form("medications/{patient}/new/", ok={"POST": 200}),  # the form with errors
+        *family_form("medications/{patient}/new/", ok={"POST": 400}),  # the form with errors
     ),
     "medications/<uuid:patient_id>/statements/<uuid:resource_id>/edit/": cases(
         *family_form(
             "medications/{patient}/statements/{statement}/edit/",
             ok={"GET": 200, "POST": 302},
             body=_medicine_body,
+            writers={"child": frozenset({"mother"})},
+            patients=("child",),
+        ),
+        *family_form(  # the form with errors
+            "medications/{patient}/statements/{statement}/edit/",
+            ok={"POST": 400},
             writers={"child": frozenset({"mother"})},
             patients=("child",),
         ),
