@@ -202,8 +202,9 @@ def import_view(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         _keep_pending(request, patient, {})
         messages.info(request, _("The parts scanned so far were discarded."))
         return redirect("medication:import", patient_id=patient.pk)
-    form = ImportForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+    posted = request.method == "POST"
+    form = ImportForm(request.POST, request.FILES) if posted else ImportForm()
+    if posted and form.is_valid():
         report, kept = medications.medications_import(
             patient=patient,
             user=request.user,
@@ -228,6 +229,9 @@ def import_view(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             "form": form,
             "waiting": _waiting(request, patient),
         },
+        # A posted form with errors (no text and no file) is a bad request,
+        # as the handbook's and the clinic's forms answer.
+        status=400 if posted else 200,
     )
 
 
@@ -263,8 +267,9 @@ def statement_edit(
 def _statement_form(request: HttpRequest, patient: Patient, row: Resource | None) -> HttpResponse:
     today = _today()
     initial = medications.statement_initial(row.content) if row is not None else {"start": today}
-    form = StatementForm(request.POST or None, initial=initial, today=today)
-    if request.method == "POST" and form.is_valid():
+    posted = request.method == "POST"
+    form = StatementForm(request.POST if posted else None, initial=initial, today=today)
+    if posted and form.is_valid():
         data = form.cleaned_data
         medications.statement_save(
             patient=patient,
@@ -290,4 +295,5 @@ def _statement_form(request: HttpRequest, patient: Patient, row: Resource | None
             "form": form,
             "editing": row is not None,
         },
+        status=400 if posted else 200,
     )

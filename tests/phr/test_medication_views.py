@@ -126,7 +126,11 @@ def test_an_empty_form_or_both_inputs_are_refused_with_a_message(
         {"text": SAMPLE, "file": SimpleUploadedFile("a.txt", SAMPLE.encode())},
         HTTP_ACCEPT_LANGUAGE="en",
     )
+    nothing = client.post(import_url(mother_patient), {}, HTTP_ACCEPT_LANGUAGE="en")
+    # A form with errors is a bad request (as the handbook's forms answer).
+    assert (empty.status_code, both.status_code, nothing.status_code) == (400, 400, 400)
     assert "Paste the text, scan the QR code or choose a file." in empty.content.decode()
+    assert "Paste the text, scan the QR code or choose a file." in nothing.content.decode()
     assert "not both" in both.content.decode()
     assert dispenses(mother_patient) == []
 
@@ -209,9 +213,16 @@ def test_garbage_never_gives_a_500_nor_an_import_without_a_report(
     client = client_for(mother)
     before = Resource.objects.count()
     response = paste(client, mother_patient, text)
-    assert response.status_code == 200
     body = response.content.decode()
     added = Resource.objects.count() - before
+    if response.status_code == 400:
+        # A form with errors (blank text, a NUL character): the form says
+        # what is wrong, and nothing is written.
+        assert text.strip() == "" or "\x00" in text
+        assert added == 0
+        assert 'class="errorlist field-errors"' in body
+        return
+    assert response.status_code == 200
     if added:
         # Whatever was written is listed in the report.
         assert body.count('class="import-item import-created"') == added
@@ -263,8 +274,28 @@ def test_the_form_refuses_an_end_before_the_start(mother: User, mother_patient: 
         {"name": "鉄剤", "start": "2026-11-20", "end": "2026-11-01"},
         HTTP_ACCEPT_LANGUAGE="en",
     )
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "The end cannot be before the start." in response.content.decode()
+    assert not Resource.objects.filter(
+        resource_type="MedicationStatement", compartments__overlap=[mother_patient.pk]
+    ).exists()
+
+
+def test_an_invalid_edit_is_refused_and_changes_nothing(mother: User, child: Patient) -> None:
+    client = client_for(mother)
+    client.post(
+        reverse("medication:statement-new", args=[child.pk]),
+        {"name": "整腸剤", "start": "2026-11-20", "taking": "on"},
+    )
+    (statement,) = Resource.objects.filter(
+        resource_type="MedicationStatement", compartments__overlap=[child.pk]
+    )
+    edit = reverse("medication:statement-edit", args=[child.pk, statement.pk])
+    response = client.post(edit, {"name": "", "start": "2026-11-20"})
+    assert response.status_code == 400
+    assert client.post(edit, {}).status_code == 400
+    statement.refresh_from_db()
+    assert statement.content["medicationCodeableConcept"]["text"] == "整腸剤"
 
 
 def test_only_the_author_edits_a_statement(mother: User, child: Patient, father: User) -> None:
