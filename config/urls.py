@@ -24,5 +24,6 @@ urlpatterns = [
     path("medications/", include("phr.medication_urls")),
     path("notifications/", include("phr.reminder_urls")),
     path("family/", include("phr.family_urls")),
+    path("vitals/", include("vitals.urls")),
     path("", include("phr.urls")),
 ]
