@@ -1,10 +1,11 @@
 """Device payloads → readings: FHIR Observations and Open mHealth data
 points, parsed and checked field by field, before anything is written.
 
-A `Reading` is what one measurement says — its kind (a key of the vitals
-catalog in vitals/records.py), its value(s) in the unit the device sent,
-and the instant it was taken. vitals/records.py converts units, checks the
-plausible range and builds the Observation; nothing here builds FHIR.
+Each measurement becomes a vitals.records.Reading — its kind (found by
+its coding in the catalog, records.kind_for_coding), its value(s) in the
+unit the device sent, and the instant it was taken. vitals.records
+converts units, checks the plausible range and builds the Observation;
+nothing here knows a code of its own or builds FHIR.
 
 Open mHealth schemas (https://github.com/openmhealth/schemas, schema/omh/):
 - omh:blood-pressure:3.x — body.systolic_blood_pressure and
@@ -24,36 +25,17 @@ Open mHealth schemas (https://github.com/openmhealth/schemas, schema/omh/):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
+from vitals import records
 
-# LOINC codes of what a device may send, and the catalog kind each becomes.
-BP_PANEL_CODES = frozenset({"85354-9", "55284-4"})
-SYSTOLIC = "8480-6"
-DIASTOLIC = "8462-4"
-SINGLE_VALUE_CODES = {
-    "29463-7": "body_weight",
-    "3141-9": "body_weight",
-    "8867-4": "heart_rate",
-    "8310-5": "body_temperature",
-    "2339-0": "blood_glucose",
-    "15074-8": "blood_glucose",
-    "41653-7": "blood_glucose",
-    "8302-2": "body_height",
-    "8306-3": "body_height",
-    "9843-4": "head_circumference",
-}
 ACCEPTED_STATUSES = frozenset({"final", "amended", "corrected"})
 
 # An instant: a date, a time with seconds optional, and an offset or Z.
-_INSTANT = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$"
-)
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -75,19 +57,6 @@ class PayloadError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("; ".join(f"{p.field}: {p.reason_en}" for p in problems[:5]))
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One measurement as sent: `values` maps a part ("value", or
-    "systolic"/"diastolic") to a number, all in `unit`."""
-
-    kind: str
-    values: dict[str, Decimal]
-    unit: str
-    at: datetime
-    where: str = ""  # where in the payload it came from (for error messages)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _shown(value: Any) -> str:
@@ -128,9 +97,7 @@ def parse_number(value: Any, where: str) -> Decimal:
             [Problem(where, _shown(value), "数値ではありません", "is not a number")]
         ) from None
     if not number.is_finite():
-        raise PayloadError(
-            [Problem(where, _shown(value), "数値ではありません", "is not a number")]
-        )
+        raise PayloadError([Problem(where, _shown(value), "数値ではありません", "is not a number")])
     return number
 
 
@@ -143,14 +110,27 @@ def _missing(where: str) -> Problem:
 # --------------------------------------------------------------------------
 
 
-def _loinc_codes(concept: Any) -> list[str]:
+def _codings(concept: Any) -> list[tuple[str, str]]:
     if not isinstance(concept, dict):
         return []
     return [
-        str(c.get("code"))
+        (str(c.get("system") or ""), str(c.get("code") or ""))
         for c in concept.get("coding") or []
-        if isinstance(c, dict) and c.get("system") == LOINC and c.get("code")
+        if isinstance(c, dict)
     ]
+
+
+def _kind_of(concept: Any) -> records.Kind | None:
+    for system, code in _codings(concept):
+        found = records.kind_for_coding(system, code)
+        if found is not None:
+            return found
+    return None
+
+
+def _names_part(concept: Any, part: records.Part) -> bool:
+    tokens = set(part.item.tokens)
+    return any(f"{system}|{code}" in tokens for system, code in _codings(concept))
 
 
 def _quantity(quantity: Any, where: str) -> tuple[Decimal, str]:
@@ -186,7 +166,7 @@ def _effective(resource: dict[str, Any]) -> datetime:
     )
 
 
-def reading_from_observation(resource: dict[str, Any]) -> Reading:
+def reading_from_observation(resource: dict[str, Any]) -> records.Reading:
     """A vital-sign Observation (already valid FHIR) as a Reading; the
     subject is checked by the caller."""
     status = resource.get("status")
@@ -201,69 +181,62 @@ def reading_from_observation(resource: dict[str, Any]) -> Reading:
                 )
             ]
         )
-    codes = _loinc_codes(resource.get("code"))
-    at = _effective(resource)
-    if BP_PANEL_CODES.intersection(codes):
-        parts: dict[str, tuple[Decimal, str]] = {}
-        for index, component in enumerate(resource.get("component") or []):
-            where = f"Observation.component[{index}]"
-            component_codes = _loinc_codes(component.get("code"))
-            for code, name in ((SYSTOLIC, "systolic"), (DIASTOLIC, "diastolic")):
-                if code in component_codes:
-                    parts[name] = _quantity(
-                        component.get("valueQuantity"), f"{where}.valueQuantity"
-                    )
-        missing = [
-            Problem(
-                "Observation.component",
-                "",
-                f"{label_ja}({code})の component がありません",
-                f"a {name} component ({code}) is required",
-            )
-            for name, code, label_ja in (
-                ("systolic", SYSTOLIC, "収縮期血圧"),
-                ("diastolic", DIASTOLIC, "拡張期血圧"),
-            )
-            if name not in parts
-        ]
-        if missing:
-            raise PayloadError(missing)
-        units = {unit for _, unit in parts.values()}
-        if len(units) != 1:
-            raise PayloadError(
-                [
-                    Problem(
-                        "Observation.component",
-                        ", ".join(sorted(units)),
-                        "収縮期と拡張期の単位が異なります",
-                        "systolic and diastolic must have the same unit",
-                    )
-                ]
-            )
-        return Reading(
-            "blood_pressure",
-            {name: value for name, (value, _) in parts.items()},
-            units.pop(),
-            at,
-            "Observation",
+    kind = _kind_of(resource.get("code"))
+    if kind is None:
+        shown = ", ".join(f"{sy}|{co}" for sy, co in _codings(resource.get("code")))
+        raise PayloadError(
+            [
+                Problem(
+                    "Observation.code",
+                    shown or "(no coding)",
+                    "受け付けるバイタルのコードではありません",
+                    "is not the code of a vital sign this endpoint accepts (LOINC: "
+                    "blood pressure 85354-9, weight 29463-7, pulse 8867-4, body "
+                    "temperature 8310-5, height 8302-2, head circumference 9843-4, …)",
+                )
+            ]
         )
-    for code in codes:
-        kind = SINGLE_VALUE_CODES.get(code)
-        if kind is not None:
-            value, unit = _quantity(resource.get("valueQuantity"), "Observation.valueQuantity")
-            return Reading(kind, {"value": value}, unit, at, "Observation")
-    raise PayloadError(
-        [
-            Problem(
-                "Observation.code",
-                ", ".join(codes) or "(no LOINC code)",
-                "受け付けるバイタルの LOINC コードではありません",
-                "is not the LOINC code of a vital sign this endpoint accepts "
-                "(blood pressure 85354-9, weight 29463-7, heart rate 8867-4, "
-                "body temperature 8310-5, glucose 2339-0/15074-8, height 8302-2, "
-                "head circumference 9843-4)",
-            )
-        ]
+    at = _effective(resource)
+    if not kind.is_panel:
+        value, unit = _quantity(resource.get("valueQuantity"), "Observation.valueQuantity")
+        return records.Reading(kind=kind.key, values=(value,), taken_at=at, unit=unit)
+    found: dict[int, tuple[Decimal, str]] = {}
+    for index, component in enumerate(resource.get("component") or []):
+        for number, part in enumerate(kind.parts):
+            if isinstance(component, dict) and _names_part(component.get("code"), part):
+                found[number] = _quantity(
+                    component.get("valueQuantity"),
+                    f"Observation.component[{index}].valueQuantity",
+                )
+    missing = [
+        Problem(
+            "Observation.component",
+            "",
+            f"{part.item.ja}({part.item.loinc})の component がありません",
+            f"a {part.item.en.lower()} component (LOINC {part.item.loinc}) is required",
+        )
+        for number, part in enumerate(kind.parts)
+        if number not in found
+    ]
+    if missing:
+        raise PayloadError(missing)
+    units = {unit for _, unit in found.values()}
+    if len(units) != 1:
+        raise PayloadError(
+            [
+                Problem(
+                    "Observation.component",
+                    ", ".join(sorted(units)),
+                    "収縮期と拡張期の単位が異なります",
+                    "systolic and diastolic must have the same unit",
+                )
+            ]
+        )
+    return records.Reading(
+        kind=kind.key,
+        values=tuple(found[n][0] for n in range(len(kind.parts))),
+        taken_at=at,
+        unit=units.pop(),
     )
 
 
@@ -273,9 +246,9 @@ def reading_from_observation(resource: dict[str, Any]) -> Reading:
 
 # schema name → (accepted major version, catalog kind)
 OMH_SCHEMAS = {
-    "blood-pressure": ("3", "blood_pressure"),
-    "body-weight": ("2", "body_weight"),
-    "heart-rate": ("2", "heart_rate"),
+    "blood-pressure": ("3", records.BLOOD_PRESSURE),
+    "body-weight": ("2", records.BODY_WEIGHT),
+    "heart-rate": ("2", records.HEART_RATE),
 }
 OMH_MASS_UNITS = frozenset({"g", "kg", "lb", "oz", "mg"})
 
@@ -331,12 +304,18 @@ def _unit_problem(where: str, unit: str, allowed: str) -> PayloadError:
     )
 
 
-def reading_from_omh(point: Any, where: str = "$") -> Reading:
+def reading_from_omh(point: Any, where: str = "$") -> records.Reading:
     """One Open mHealth data point ({header, body}) as a Reading."""
     if not isinstance(point, dict):
         raise PayloadError(
-            [Problem(where, _shown(point), "データポイントは JSON オブジェクトです",
-                     "a data point must be a JSON object")]
+            [
+                Problem(
+                    where,
+                    _shown(point),
+                    "データポイントは JSON オブジェクトです",
+                    "a data point must be a JSON object",
+                )
+            ]
         )
     header = point.get("header")
     body = point.get("body")
@@ -369,26 +348,26 @@ def reading_from_omh(point: Any, where: str = "$") -> Reading:
     kind = accepted[1]
     body_where = f"{where}.body"
     at = _omh_time(body, body_where)
-    if kind == "blood_pressure":
+    if kind == records.BLOOD_PRESSURE:
         systolic, s_unit = _omh_unit_value(body, "systolic_blood_pressure", body_where)
         diastolic, d_unit = _omh_unit_value(body, "diastolic_blood_pressure", body_where)
         units = (("systolic_blood_pressure", s_unit), ("diastolic_blood_pressure", d_unit))
         for key, unit in units:
             if unit != "mmHg":
                 raise _unit_problem(f"{body_where}.{key}.unit", unit, "mmHg")
-        return Reading(kind, {"systolic": systolic, "diastolic": diastolic}, "mm[Hg]", at, where)
-    if kind == "body_weight":
+        return records.Reading(kind=kind, values=(systolic, diastolic), taken_at=at, unit="mm[Hg]")
+    if kind == records.BODY_WEIGHT:
         value, unit = _omh_unit_value(body, "body_weight", body_where)
         if unit not in OMH_MASS_UNITS:
             raise _unit_problem(f"{body_where}.body_weight.unit", unit, "kg, g, lb, oz, mg")
-        return Reading(kind, {"value": value}, unit, at, where)
+        return records.Reading(kind=kind, values=(value,), taken_at=at, unit=unit)
     value, unit = _omh_unit_value(body, "heart_rate", body_where)
     if unit != "beats/min":
         raise _unit_problem(f"{body_where}.heart_rate.unit", unit, "beats/min")
-    return Reading(kind, {"value": value}, "/min", at, where)
+    return records.Reading(kind=kind, values=(value,), taken_at=at, unit="/min")
 
 
-def readings_from_omh(payload: Any) -> list[Reading]:
+def readings_from_omh(payload: Any) -> list[records.Reading]:
     """A data point, or a JSON array of them (all or nothing: every
     problem of every point is reported)."""
     points = payload if isinstance(payload, list) else [payload]
@@ -396,7 +375,7 @@ def readings_from_omh(payload: Any) -> list[Reading]:
         raise PayloadError(
             [Problem("$", "[]", "データポイントがありません", "there are no data points")]
         )
-    readings: list[Reading] = []
+    readings: list[records.Reading] = []
     problems: list[Problem] = []
     for index, point in enumerate(points):
         where = f"$[{index}]" if isinstance(payload, list) else "$"
