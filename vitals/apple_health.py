@@ -751,14 +751,19 @@ def apple_health_import(ctx: Any) -> dict[str, Any]:
         steps: dict[StepKey, float] = {}
         items = 0
         next_report = PROGRESS_BYTES
-        with open_export(path) as stream:
-            counted = _Counting(stream)
-            for _item in read_export(counted, tally, steps=steps):
-                items += 1
-                if counted.count >= next_report:
-                    next_report = counted.count + PROGRESS_BYTES
-                    ctx.checkpoint(cursor={"phase": "check"}, progress_done=counted.count,
-                                   progress_total=size)
+        try:
+            with open_export(path) as stream:
+                counted = _Counting(stream)
+                for _item in read_export(counted, tally, steps=steps):
+                    items += 1
+                    if counted.count >= next_report:
+                        next_report = counted.count + PROGRESS_BYTES
+                        ctx.checkpoint(cursor={"phase": "check"}, progress_done=counted.count,
+                                       progress_total=size)
+        except ExportError as exc:
+            # Kept in both languages for the import's page; the job fails.
+            ctx.checkpoint(cursor={"phase": "check", "file_error": exc.as_dict()})
+            raise
         day_readings = _steps_readings(steps, tally)
         cursor = {
             "phase": "write",
