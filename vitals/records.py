@@ -777,6 +777,27 @@ def author_id(row: Resource) -> int | None:
     return provenance.agent_user_id
 
 
+def vitals_queryset(
+    *, user: Any, patient: Patient, kinds: Iterable[str] | None = None, purpose: str | None = None
+) -> Any:
+    """The person's current vitals Observations this user may read (through
+    sharing.access.visible_records; the caller authorized and audited the
+    reveal with access_patient), newest first, with their provenance.
+    `kinds` limits them to those kinds (by the kinds' codes)."""
+    from sharing.access import Purpose, visible_records
+
+    rows = Resource.objects.filter(
+        visible_records(user, purpose or Purpose.PERSONAL),
+        resource_type="Observation",
+        category=Category.VITALS,
+        compartments__contains=[patient.pk],
+        deleted=False,
+    )
+    if kinds is not None:
+        rows = rows.filter(tokens__overlap=[t for key in kinds for t in kind(key).tokens()])
+    return rows.select_related("provenance").order_by("-date_start", "-last_updated")
+
+
 # --------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------
