@@ -72,6 +72,16 @@ UNITS = {
     "mg/dl": "mg/dL",
     "mmol/l": "mmol/L",
     "cm": "cm",
+    "mm": "mm",
+    "min": "min",
+    "分": "min",
+    "s": "s",
+    "秒": "s",
+    "h": "h",
+    "時間": "h",
+    "steps": "/d",
+    "歩": "/d",
+    "/d": "/d",
 }
 _BP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 _WITH_ZONE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
@@ -222,11 +232,21 @@ def _reading(row: dict[str, str], line: int) -> CsvRow:
             problems.extend(exc.problems)
     if problems or at is None or kind is None or unit is None:
         raise PayloadError(problems)
-    return CsvRow(line, records.Reading(kind=kind, values=values, taken_at=at, unit=unit))
+    try:
+        # Converted, rounded and range-checked now, so one reading of the
+        # file reports every problem of every row at once.
+        checked = records.reading_check(
+            records.Reading(kind=kind, values=values, taken_at=at, unit=unit)
+        )
+    except records.VitalError as exc:
+        raise PayloadError(
+            [Problem(column_of(exc.field), str(exc.value), exc.ja, exc.en)]
+        ) from None
+    return CsvRow(line, checked)
 
 
 def parse(data: bytes) -> list[CsvRow]:
-    """Every row of the file as a (line, Reading), or CsvError listing every
+    """Every row of the file as a (line, checked Reading), or CsvError listing every
     problem found (the whole file is read either way)."""
     text = decode(data)
     reader = csv.reader(io.StringIO(text, newline=""))

@@ -152,7 +152,7 @@ def device_revoke(
 @require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def csv_upload(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
-    patient = writable_patient(request, patient_id, action="vitals.csv_import")
+    patient = writable_patient(request, patient_id, action="view.vitals.csv_import")
     context: dict[str, Any] = {
         "patient": patient,
         "person": selectors.person(user=request.user, patient=patient),
