@@ -92,6 +92,14 @@ def test_the_mother_gets_her_forms(mother: Any, mother_patient: Any) -> None:
         assert f'action="{add(mother_patient, slug)}"' in page
     assert add(mother_patient, "head") not in page
     assert "data-vt-timer-for" in page
+    for japanese in (
+        "おうちでの記録",
+        "血圧・脈拍",
+        "最高血圧（上）",
+        "胎動カウント",
+        "測定日時（日本時間）",
+    ):
+        assert japanese in page
     # Time defaults to now in Japan.
     assert 'value="2026-11-26T10:00"' in page
 
