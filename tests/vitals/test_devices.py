@@ -199,3 +199,14 @@ def test_a_device_token_opens_nothing_else(mother: User, mother_patient: Patient
     assert client.get(list_url(mother_patient)).status_code == 302  # to the login page
     # Nor may it read through its own endpoints.
     assert client.get(OBSERVATION_URL).status_code == 405
+
+
+def test_the_pages_speak_japanese_by_default(mother: User, mother_patient: Patient) -> None:
+    client = client_for(mother)
+    page = client.get(list_url(mother_patient)).content.decode()
+    assert "機器・アプリを登録する" in page
+    assert "スマートフォンのアプリ" in page
+    _secret, page = register_via_page(client, mother_patient)
+    assert "もう一度表示することはできません" in page
+    csv_page = client.get(reverse("vitals:device-csv", args=[mother_patient.pk])).content.decode()
+    assert "CSV ファイルから測定値を取り込む" in csv_page
