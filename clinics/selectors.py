@@ -818,6 +818,21 @@ def _is_current_flag(row: Resource, today: date) -> bool:
     return end is None or end >= today
 
 
+# A Flag's FHIR flag-priority extension (the vitals alerts write it:
+# docs/decisions/0021-alerts.md) as the portal's flag severity.
+FLAG_PRIORITY = "http://hl7.org/fhir/StructureDefinition/flag-priority"
+_PRIORITY_SEVERITY = {"PH": "danger", "PM": "warning"}
+
+
+def _flag_severity(row: Resource) -> str:
+    for extension in row.content.get("extension") or []:
+        if isinstance(extension, dict) and extension.get("url") == FLAG_PRIORITY:
+            for coding in (extension.get("valueCodeableConcept") or {}).get("coding") or []:
+                if isinstance(coding, dict):
+                    return _PRIORITY_SEVERITY.get(str(coding.get("code")), "info")
+    return "info"
+
+
 @dataclass
 class PregnancyFacts:
     visits: list[Visit]
@@ -848,7 +863,7 @@ def pregnancy_facts(
         pre_pregnancy_bmi=before.bmi,
     )
     flags = [
-        FlagLine(concept_text(r.content.get("code")) or gettext("Alert"))
+        FlagLine(concept_text(r.content.get("code")) or gettext("Alert"), "", _flag_severity(r))
         for r in sorted(rows, key=lambda r: r.last_updated, reverse=True)
         if _is_current_flag(r, today)
     ]
