@@ -2,8 +2,10 @@
 
 - ``<uuid>/`` one person's devices (measuring devices, phone apps,
   gateways): when registered and by whom, last use, revoked or not; and
-  the form to register a new one. Registering answers with the page again,
-  showing the new token once (never in a redirect, a session or a log).
+  the form to register a new one. Registering asks for a recent login or
+  "Confirm access" (phr.auth, as clinic tokens), and answers with the page
+  again, showing the new token once (never in a redirect, a session or a
+  log).
 - ``<uuid>/<device uuid>/revoke/`` revoke at once.
 - ``<uuid>/csv/`` upload a vitals CSV (docs/formats/vitals_csv.md): it is
   imported whole, or not at all with every bad row reported.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from allauth.account.internal.flows.reauthentication import suspend_request
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -31,6 +34,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 
 from phr import selectors
+from phr.auth import reauthentication_url, recently_authenticated
 from phr.models import Patient
 from phr.terminology import Category
 from sharing.access import Purpose, audit_denied, audit_reveal, may_write
@@ -112,6 +116,11 @@ def device_list(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
     patient = writable_patient(request, patient_id, action="view.vitals.devices")
     if request.method != "POST":
         return render(request, "vitals/devices/list.html", _list_context(request, patient))
+    if not recently_authenticated(request):
+        # A token that writes someone's health record is minted only by a
+        # person who proved who she is in the last few minutes (as clinic
+        # tokens); allauth replays this POST after "Confirm access".
+        return suspend_request(request, reauthentication_url(request.user))
     form = DeviceForm(request.POST)
     if form.is_valid():
         try:

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from phr.models import AuditEvent, Organization, Patient, User
 from sharing.services import consent_grant
+from tests.factories import PASSWORD
 from tests.vitals.device_support import (
     bp_observation,
     device_client,
@@ -29,9 +30,13 @@ OBSERVATION_URL = "/vitals/devices/api/Observation"
 
 
 def client_for(user: User | None) -> Client:
+    """A client whose user just confirmed her password (registering a
+    device asks for a recent authentication)."""
     client = Client()
     if user is not None:
         client.force_login(user)
+        response = client.post(reverse("account_reauthenticate"), {"password": PASSWORD})
+        assert response.status_code == 302
     return client
 
 
@@ -210,3 +215,16 @@ def test_the_pages_speak_japanese_by_default(mother: User, mother_patient: Patie
     assert "もう一度表示することはできません" in page
     csv_page = client.get(reverse("vitals:device-csv", args=[mother_patient.pk])).content.decode()
     assert "CSV ファイルから測定値を取り込む" in csv_page
+
+
+def test_registering_asks_a_stale_session_to_confirm_access_first(
+    mother: User, mother_patient: Patient
+) -> None:
+    client = Client()
+    client.force_login(mother)  # no authentication record: a stale session
+    response = client.post(list_url(mother_patient), {"name": "体重計", "kind": "device"})
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("account_reauthenticate"))
+    assert not Device.objects.exists()
+    # The list itself needs no confirmation.
+    assert client.get(list_url(mother_patient)).status_code == 200
