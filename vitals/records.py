@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cache
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -647,6 +648,20 @@ def vital_id(*, source: str, patient_id: uuid.UUID, kind_key: str, taken_at: dat
     )
 
 
+@cache
+def _fixed(kind_key: str) -> tuple[Any, Any, Any, tuple[Any, ...]]:
+    """The parts of a kind's Observation that never change (meta, category,
+    code, the components' codes), built once: an import builds a million.
+    Shared between resources — the store serializes them at once; callers
+    add keys to a resource but never change these nested values."""
+    k = KINDS[kind_key]
+    meta = {"tag": [{"system": CATEGORY_SYSTEM, "code": str(Category.VITALS.value)}]}
+    category = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": k.obs_category}]}]
+    code = {"coding": k.codings(), "text": k.item.ja}
+    parts = tuple({"coding": [p.item.coding], "text": p.item.ja} for p in k.parts)
+    return meta, category, code, parts
+
+
 def vital_observation(
     *,
     patient_id: uuid.UUID,
@@ -660,12 +675,13 @@ def vital_observation(
     device when it came from one. Valid R4 by construction (tests validate
     it with fhir.resources)."""
     k = KINDS[reading.kind]
+    meta, category, code, part_codes = _fixed(k.key)
     resource: dict[str, Any] = {
         "resourceType": "Observation",
-        "meta": {"tag": [{"system": CATEGORY_SYSTEM, "code": Category.VITALS}]},
+        "meta": meta,
         "status": "final",
-        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": k.obs_category}]}],
-        "code": {"coding": k.codings(), "text": k.item.ja},
+        "category": category,
+        "code": code,
         "subject": {"reference": f"Patient/{patient_id}"},
     }
     if reading.until is not None:
@@ -677,11 +693,8 @@ def vital_observation(
         resource["effectiveDateTime"] = instant_text(reading.taken_at)
     if k.is_panel:
         resource["component"] = [
-            {
-                "code": {"coding": [part.item.coding], "text": part.item.ja},
-                "valueQuantity": _quantity(number, part.unit),
-            }
-            for part, number in zip(k.parts, reading.values, strict=True)
+            {"code": part_code, "valueQuantity": _quantity(number, part.unit)}
+            for part, part_code, number in zip(k.parts, part_codes, reading.values, strict=True)
         ]
     else:
         resource["valueQuantity"] = _quantity(reading.value, k.unit)
