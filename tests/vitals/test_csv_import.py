@@ -14,6 +14,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phr.models import AuditEvent, Patient, Provenance, User
 from tests.vitals.device_support import (
@@ -157,3 +159,27 @@ def test_the_other_guardian_imports_for_the_child(father: User, child: Patient) 
     response = upload(father, child, csv.encode())
     assert response.status_code == 200  # type: ignore[attr-defined]
     assert len(vitals_of(child)) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(
+            st.lists(st.text(max_size=25), min_size=0, max_size=6).map(",".join), max_size=6
+        ).map(lambda lines: ("timestamp,type,value,unit\n" + "\n".join(lines)).encode()),
+    )
+)
+def test_garbage_is_either_read_or_reported_never_an_error(data: bytes) -> None:
+    # Whatever the bytes, the parser answers with readings or a report of
+    # problems, each naming a row and a column (no other exception).
+    problems: list[csv_import.RowProblem] | None = None
+    try:
+        rows = csv_import.parse(data)
+    except csv_import.CsvError as exc:
+        problems = exc.problems
+    if problems is None:
+        assert all(r.reading.kind in records.KINDS for r in rows)
+    else:
+        assert problems
+        assert all(p.field and p.reason_ja and p.reason_en for p in problems)

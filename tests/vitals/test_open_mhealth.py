@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phr.models import Patient, User
 from tests.vitals.device_support import device_client, post_json, register, vitals_of
@@ -159,3 +161,34 @@ def test_malformed_points_are_refused_whole_naming_the_field(
         found = [e for issue in outcome["issue"] for e in issue.get("expression", [])]
         assert field in found, found
     assert vitals_of(mother_patient) == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(
+        st.sampled_from(
+            ["header", "body", "schema_id", "namespace", "name", "version", "value", "unit",
+             "effective_time_frame", "date_time", "body_weight", "heart_rate", "x"]
+        ),
+        children,
+        max_size=4,
+    ),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(JSON)
+def test_garbage_points_are_refused_with_an_outcome_never_an_error(payload: Any) -> None:
+    # The parser either reads a point or names what is wrong with it.
+    problems: list[device_formats.Problem] | None = None
+    try:
+        readings = device_formats.readings_from_omh(payload)
+    except device_formats.PayloadError as exc:
+        problems = exc.problems
+    if problems is None:
+        assert all(r.kind in records.KINDS for r in readings)
+    else:
+        assert problems
+        assert all(p.field.startswith("$") for p in problems)
