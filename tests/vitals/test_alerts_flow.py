@@ -553,3 +553,29 @@ def test_a_clinic_sharing_only_the_pregnancy_does_not_see_the_vitals_alert(
     label = ja(alerts.KINDS["bp-severe"].label)
     assert label not in html(client_for(clinician).get("/clinic/"))
     assert label not in html(client_for(clinician).get(f"/clinic/patients/{mother_patient.pk}/"))
+
+
+# --------------------------------------------------------------------------
+# The emergency summary reads the same Flag
+# --------------------------------------------------------------------------
+
+
+def test_the_emergency_summary_shows_the_current_alert_but_not_the_readings(
+    mother: Any, mother_patient: Patient, severe: Resource, responder: Any
+) -> None:
+    from django.urls import reverse
+
+    from sharing.models import EmergencyPreference
+
+    EmergencyPreference.objects.create(
+        patient=mother_patient, share_summary=True, updated_by=mother
+    )
+    client = client_for(responder)
+    page = html(client.get(reverse("emergency:summary", args=[mother_patient.pk])))
+    assert ja(alerts.KINDS["bp-severe"].label) in page
+    bundle = client.get(reverse("emergency:summary_json", args=[mother_patient.pk])).json()
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    assert f"urn:uuid:{severe.id}" in urls
+    # The readings are vitals, outside the emergency dataset.
+    for ref in alerts.flag_readings(severe.content):
+        assert f"urn:uuid:{ref.removeprefix('Observation/')}" not in urls
