@@ -56,8 +56,10 @@ def family_role(user: Any, patient: Patient) -> str:
 def devices_of(patient: Patient) -> QuerySet[Device]:
     """The patient's devices, newest first, revoked ones too (so the family
     sees what was registered and when it was last used)."""
-    return Device.objects.filter(patient=patient).select_related("registered_by").order_by(
-        "-created_at", "pk"
+    return (
+        Device.objects.filter(patient=patient)
+        .select_related("registered_by")
+        .order_by("-created_at", "pk")
     )
 
 
@@ -75,9 +77,7 @@ def device_of(patient: Patient, device_id: Any) -> Device:
 
 
 @transaction.atomic
-def device_register(
-    *, patient: Patient, by: Any, name: str, kind: str
-) -> tuple[Device, str]:
+def device_register(*, patient: Patient, by: Any, name: str, kind: str) -> tuple[Device, str]:
     """A new device sending `patient`'s vitals; returns it with its token's
     secret (shown once). The caller has checked that `by` may write the
     patient's vitals (herself, or a guardian of the child)."""
