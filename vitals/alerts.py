@@ -78,6 +78,8 @@ BODY_WEIGHT = "29463-7"
 READING_TOKENS = [f"{LOINC}|{code}" for code in (BP_PANEL, SYSTOLIC, DIASTOLIC, BODY_WEIGHT)]
 # The weight-gain inputs the clinic records (docs/dataset.md).
 PRE_PREGNANCY_KEYS = ("pre_pregnancy_weight", "pre_pregnancy_bmi", "body_height")
+# A child's gestational age at birth (for corrected age) is read too.
+EXTRA_KEYS = (*PRE_PREGNANCY_KEYS, "gestational_age")
 
 HIGH_BP = (Decimal(140), Decimal(90))
 SEVERE_BP = (Decimal(160), Decimal(110))
@@ -676,12 +678,34 @@ def _pre_pregnancy(
     return weight, bmi
 
 
+def _gestation_at_birth(rows: Sequence[Resource]) -> int | None:
+    """A child's gestational age at birth in days (the latest recorded), as
+    the growth chart reads it (vitals.charts.gestational_days)."""
+    from vitals.charts import gestational_days
+
+    item = terminology.items().get("gestational_age")
+    if item is None:
+        return None
+    tokens = set(item.tokens)
+    found = sorted(
+        (r for r in rows if tokens.intersection(r.tokens) and r.status not in VOID_STATUSES),
+        key=lambda r: r.last_updated,
+    )
+    by_token = {t: key for key, i in terminology.items().items() for t in i.tokens}
+    for row in reversed(found):
+        days = gestational_days(row.content, by_token)
+        if days is not None:
+            return days
+    return None
+
+
 def _zscore_for(
-    patient_content: dict[str, Any] | None,
+    patient_content: dict[str, Any] | None, *, gestation_at_birth: int | None = None
 ) -> Callable[[date, Decimal], float | None] | None:
-    """The child's WHO weight-for-age z-score on a day (vitals.growth, the
-    numbers the growth chart shows), or None without a birth date and a
-    sex the WHO tables know."""
+    """The child's WHO weight-for-age z-score on a day, at the age the growth
+    chart uses (corrected for a child born before 37 weeks, until 24
+    months: vitals.growth.age_on) — the numbers the chart shows. None
+    without a birth date and a sex the WHO tables know."""
     content = patient_content or {}
     birth = fhir_local_date(content.get("birthDate"))
     sex = content.get("gender")
@@ -691,7 +715,9 @@ def _zscore_for(
     def zscore(day: date, kg: Decimal) -> float | None:
         if day < birth:
             return None
-        age = growth.age_on(birth, day)
+        age = growth.age_on(birth, day, gestational_days_at_birth=gestation_at_birth)
+        if age.chart_days < 0:
+            return None
         score = growth.who_score(growth.WEIGHT, sex, age.chart_months, float(kg))
         return None if score is None else score.z
 
@@ -723,7 +749,7 @@ def compute_episodes(
     episodes: dict[str, list[Episode]] = {}
     windows: dict[str, datetime | None] = {}
     if patient.kind == Patient.Kind.CHILD:
-        zscore = _zscore_for(patient_content)
+        zscore = _zscore_for(patient_content, gestation_at_birth=_gestation_at_birth(rows))
         if zscore is not None:
             episodes["growth"] = growth_episodes(weight_readings(observations), zscore=zscore)
             windows["growth"] = None
@@ -775,7 +801,7 @@ def alerts_evaluate(*, patient_id: uuid.UUID, now: datetime | None = None) -> Ev
             deleted=False,
         )
         tokens = list(READING_TOKENS)
-        for key in PRE_PREGNANCY_KEYS:
+        for key in EXTRA_KEYS:
             item = terminology.items().get(key)
             if item is not None:
                 tokens += item.tokens

@@ -579,3 +579,30 @@ def test_the_emergency_summary_shows_the_current_alert_but_not_the_readings(
     # The readings are vitals, outside the emergency dataset.
     for ref in alerts.flag_readings(severe.content):
         assert f"urn:uuid:{ref.removeprefix('Observation/')}" not in urls
+
+
+def test_a_preterm_childs_z_score_uses_the_corrected_age_as_the_chart_does(
+    mother: Any, baby: Patient
+) -> None:
+    from vitals import growth
+
+    # Born at 30 weeks 0 days: corrected age is 70 days less until 24 months.
+    write_system(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [terminology.item("gestational_age").coding]},
+            "subject": {"reference": f"Patient/{baby.pk}"},
+            "effectiveDateTime": (today() - timedelta(days=200)).isoformat(),
+            "valueQuantity": {"value": 30, "unit": "wk", "system": UCUM, "code": "wk"},
+        }
+    )
+    rows = list(Resource.objects.filter(compartments__overlap=[baby.pk]))
+    assert alerts._gestation_at_birth(rows) == 210
+    content = Resource.objects.get(pk=baby.pk).content
+    zscore = alerts._zscore_for(content, gestation_at_birth=210)
+    assert zscore is not None
+    birth = today() - timedelta(days=200)
+    expected = growth.who_score(growth.WEIGHT, "female", growth.months_of(130), 6.0)
+    assert expected is not None
+    assert zscore(birth + timedelta(days=200), Decimal("6.0")) == pytest.approx(expected.z)
