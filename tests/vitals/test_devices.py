@@ -228,3 +228,18 @@ def test_registering_asks_a_stale_session_to_confirm_access_first(
     assert not Device.objects.exists()
     # The list itself needs no confirmation.
     assert client.get(list_url(mother_patient)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/vitals/devices/api/Observation", "/vitals/devices/api/Bundle", "/vitals/devices/api/omh"],
+)
+def test_the_device_endpoints_take_no_session_only_a_device_token(
+    url: str, mother: User, mother_patient: Patient
+) -> None:
+    # The person herself, logged in, is not a device: 401, nothing written.
+    client = client_for(mother)
+    assert post_json(client, url, bp_observation(mother_patient)).status_code == 401
+    assert client.get(url).status_code == 401
+    assert Client().get(url).status_code == 401
+    assert vitals_of(mother_patient) == []
