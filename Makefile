@@ -72,6 +72,7 @@ bench: venv
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_fhir_bundle.py
 	$(PY) bench/bench_handbook.py
+	$(PY) bench/bench_charts.py
 	$(PY) bench/bench_apple_health.py
 
 stop: venv

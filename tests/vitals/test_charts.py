@@ -320,3 +320,29 @@ def test_a_mother_opens_her_own_charts_and_the_view_is_audited(
 def test_japanese_is_the_default(mother: Any, boy: Patient) -> None:
     page = text_of(client_for(mother).get(url(boy)))
     assert "成長曲線" in page
+
+
+def test_separate_systolic_and_diastolic_readings_and_weights_in_other_units(
+    mother: Any, mother_patient: Patient
+) -> None:
+    # a device that sends the two pressures as two Observations of one moment
+    measure(mother_patient, "8480-6", 150, "mm[Hg]", TODAY, origin=Provenance.Origin.DEVICE)
+    measure(mother_patient, "8462-4", 95, "mm[Hg]", TODAY, origin=Provenance.Origin.DEVICE)
+    measure(mother_patient, "29463-7", 132.0, "[lb_av]", TODAY - timedelta(days=1))
+    measure(mother_patient, "29463-7", 60100, "g", TODAY - timedelta(days=2))
+    measure(mother_patient, "29463-7", 60, "stone", TODAY - timedelta(days=3))  # not converted
+    body = client_for(mother).get(reverse("vitals:chart-data", args=[mother_patient.pk])).json()
+    assert [(r["systolic"], r["diastolic"]) for r in body["bloodPressure"]] == [(150, 95)]
+    assert [round(w["kg"], 2) for w in body["weight"]] == [60.1, 59.87]
+
+
+def test_a_deleted_reading_is_not_drawn(mother: Any, mother_patient: Patient) -> None:
+    rid = f.write_observation(mother_patient, code="29463-7", value=61.0, unit="kg",
+                              when=TODAY.isoformat())  # fmt: skip
+    store.record_delete(
+        resource_type="Observation",
+        resource_id=rid,
+        provenance=services.provenance_create(origin=Provenance.Origin.SELF),
+    )
+    body = client_for(mother).get(reverse("vitals:chart-data", args=[mother_patient.pk])).json()
+    assert body["weight"] == []
