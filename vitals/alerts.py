@@ -496,26 +496,34 @@ def growth_episodes(
     (`zscore(day, kg)`, None outside the reference's ages) is more than
     1.34 below the highest z-score of a weight at least one calendar month
     earlier. The episode lists that earlier weight first."""
-    scored = []
+    scored: list[tuple[WeightReading, date, Decimal]] = []
     for reading in sorted(readings, key=lambda r: r.at):
-        z = zscore(_local_day(reading.at), reading.kg)
-        if z is not None:
-            scored.append((reading, Decimal(str(z))))
-    reference: dict[tuple[str, ...], WeightReading] = {}
-
-    def state(reading: WeightReading) -> str | None:
         day = _local_day(reading.at)
-        z = next(s for r, s in scored if r is reading)
-        earlier = [(r, s) for r, s in scored if add_months(_local_day(r.at), 1) <= day]
-        if not earlier:
-            return None
-        top, top_z = max(earlier, key=lambda pair: pair[1])
-        if top_z - z > CENTILE_DROP:
-            reference[reading.refs] = top
-            return "growth-falter"
-        return None
-
-    return _runs([r for r, _ in scored], state, extra=lambda first: reference[first.refs].refs)
+        z = zscore(day, reading.kg)
+        if z is not None:
+            scored.append((reading, day, Decimal(str(z))))
+    # One pass: `top` is the highest z-score among the weights at least a
+    # calendar month before the current one (they only ever join, in order).
+    states: dict[int, str | None] = {}
+    reference: dict[int, WeightReading] = {}
+    top: tuple[WeightReading, Decimal] | None = None
+    earlier = 0
+    for reading, day, z in scored:
+        while earlier < len(scored) and add_months(scored[earlier][1], 1) <= day:
+            candidate, _, candidate_z = scored[earlier]
+            if top is None or candidate_z > top[1]:
+                top = (candidate, candidate_z)
+            earlier += 1
+        if top is not None and top[1] - z > CENTILE_DROP:
+            states[id(reading)] = "growth-falter"
+            reference[id(reading)] = top[0]
+        else:
+            states[id(reading)] = None
+    return _runs(
+        [r for r, _, _ in scored],
+        lambda r: states[id(r)],
+        extra=lambda first: reference[id(first)].refs,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -724,6 +732,35 @@ def _zscore_for(
     return zscore
 
 
+def _window_start(pregnancy: PregnancySummary | None) -> datetime | None:
+    """Where the pregnancy rules start looking: the pregnancy's start, or
+    LONGEST_PREGNANCY before its due date (None: no pregnancy to check)."""
+    if pregnancy is None or pregnancy.due_date is None:
+        return None
+    since = pregnancy.started or (pregnancy.due_date - LONGEST_PREGNANCY)
+    return datetime.combine(since, time.min, tzinfo=JAPAN)
+
+
+def _rows(visible: Any, patient: Patient, pregnancy: PregnancySummary | None) -> list[Resource]:
+    """The Observations the rules read: a child's weights of all time (and
+    her gestational age at birth); a pregnant mother's readings since the
+    pregnancy began (and the pre-pregnancy weight, height and BMI, of any
+    date); nothing for an adult who is not pregnant."""
+    extra: list[str] = []
+    for key in EXTRA_KEYS:
+        item = terminology.items().get(key)
+        if item is not None:
+            extra += item.tokens
+    observations = visible.filter(resource_type="Observation")
+    if patient.kind == Patient.Kind.CHILD:
+        return list(observations.filter(tokens__overlap=READING_TOKENS + extra))
+    start = _window_start(pregnancy)
+    if start is None:
+        return []
+    wanted = Q(tokens__overlap=READING_TOKENS, date_start__gte=start) | Q(tokens__overlap=extra)
+    return list(observations.filter(wanted))
+
+
 def _lock(patient_id: uuid.UUID) -> None:
     """One evaluation per patient at a time (two writes committing together
     queue two tasks): a transaction-level advisory lock keyed by the
@@ -754,10 +791,10 @@ def compute_episodes(
             episodes["growth"] = growth_episodes(weight_readings(observations), zscore=zscore)
             windows["growth"] = None
         return episodes, windows
-    if pregnancy is None or pregnancy.due_date is None:
+    start = _window_start(pregnancy)
+    if pregnancy is None or start is None:
         return episodes, windows
-    since = pregnancy.started or (pregnancy.due_date - LONGEST_PREGNANCY)
-    start = datetime.combine(since, time.min, tzinfo=JAPAN)
+    since = start.date()
     during = [o for o in observations if o.at is not None and o.at >= start]
     episodes["bp"] = bp_episodes(
         bp_readings(during), gestation_days=pregnancy.gestation_days, now=now
@@ -800,20 +837,15 @@ def alerts_evaluate(*, patient_id: uuid.UUID, now: datetime | None = None) -> Ev
             compartments__overlap=[patient.pk],
             deleted=False,
         )
-        tokens = list(READING_TOKENS)
-        for key in EXTRA_KEYS:
-            item = terminology.items().get(key)
-            if item is not None:
-                tokens += item.tokens
-        rows = list(visible.filter(resource_type="Observation", tokens__overlap=tokens))
+        pregnancy = None
+        if patient.kind == Patient.Kind.ADULT:
+            pregnancy = pregnancy_summary(user=actor, patient=patient, purpose=Purpose.PERSONAL)
+        rows = _rows(visible, patient, pregnancy)
         existing = list(
             visible.filter(resource_type="Flag", tokens__overlap=ALERT_TOKENS).order_by(
                 "date_start", "id"
             )
         )
-        pregnancy = None
-        if patient.kind == Patient.Kind.ADULT:
-            pregnancy = pregnancy_summary(user=actor, patient=patient, purpose=Purpose.PERSONAL)
         content = patient_resources(
             user=actor, patient_ids=[patient.pk], purpose=Purpose.PERSONAL
         ).get(patient.pk)
