@@ -9,7 +9,7 @@ on the field it concerns with the reason in the page's language.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -76,16 +76,33 @@ class EntryForm(forms.Form):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=INPUT_FORMAT),
     )
 
-    def __init__(self, *args: Any, editing: r.Kind | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        editing: r.Kind | None = None,
+        birth_date: date | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("prefix", self.slug)
         super().__init__(*args, **kwargs)
         self.editing = editing
+        self.birth_date = birth_date
         if not self.is_bound and "taken_at" not in self.initial:
             self.initial["taken_at"] = now_in_japan()
         self._readings: list[r.Reading] = []
 
     def build(self, data: dict[str, Any], taken_at: datetime) -> list[r.Reading]:
         raise NotImplementedError
+
+    def clean_taken_at(self) -> datetime:
+        value: datetime = self.cleaned_data["taken_at"]
+        day = timezone.localtime(value, JAPAN).date()
+        if self.birth_date is not None and day < self.birth_date:
+            raise forms.ValidationError(
+                _("%(day)s is before the birth date (%(birth)s).")
+                % {"day": day.isoformat(), "birth": self.birth_date.isoformat()}
+            )
+        return value
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

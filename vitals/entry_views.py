@@ -141,7 +141,7 @@ def _make_form(
 ) -> entry_forms.EntryForm:
     if cls is entry_forms.LengthForm:
         kwargs["lying"] = _lying(person)
-    return cls(*args, **kwargs)
+    return cls(*args, birth_date=person.birth_date, **kwargs)
 
 
 def _page(

@@ -257,6 +257,16 @@ def test_swapped_pressures_and_future_times_are_refused(mother: Any, mother_pati
     assert not vitals_rows().exists()
 
 
+def test_a_measurement_before_birth_is_refused(mother: Any, child: Any) -> None:
+    # The child fixture was born on 2025-09-01.
+    response = client_for(mother, "en").post(
+        add(child, "head"), {"head-value": "40.1", "head-taken_at": "2025-08-31T10:00"}
+    )
+    assert response.status_code == 400
+    assert "2025-08-31 is before the birth date (2025-09-01)." in text_of(response)
+    assert not vitals_rows().exists()
+
+
 def test_units_are_converted(mother: Any, mother_patient: Any, child: Any) -> None:
     client = client_for(mother)
     client.post(
