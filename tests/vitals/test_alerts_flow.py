@@ -606,3 +606,34 @@ def test_a_preterm_childs_z_score_uses_the_corrected_age_as_the_chart_does(
     expected = growth.who_score(growth.WEIGHT, "female", growth.months_of(130), 6.0)
     assert expected is not None
     assert zscore(birth + timedelta(days=200), Decimal("6.0")) == pytest.approx(expected.z)
+
+
+def test_both_guardians_see_a_childs_alert_and_the_owner_posts_nothing(
+    mother: Any, baby: Patient, stranger: Any, clinician: Any
+) -> None:
+    from vitals import growth
+
+    father = services.guardianship_add(
+        guardian=type(mother).objects.create_user(email="dad@example.jp", password="x" * 16),
+        child=baby,
+        relationship=Guardianship.Relationship.FATHER,
+        valid_from=today() - timedelta(days=200),
+    ).guardian
+
+    def kg_at(days_old: int, z: float) -> str:
+        lms = growth.who_lms(growth.WEIGHT, "female", growth.months_of(days_old))
+        assert lms is not None
+        return f"{lms.value_at(z):.2f}"
+
+    home_weight(mother, baby, days_ago(60), kg_at(140, 0.6))
+    home_weight(mother, baby, days_ago(1), kg_at(199, -0.9))
+    evaluate(baby)
+    label = ja(alerts.KINDS["growth-falter"].label)
+    for guardian in (mother, father):
+        response = client_for(guardian).get(f"{LIST}{baby.pk}/")
+        assert response.status_code == 200
+        assert label in html(response)
+        assert label in html(client_for(guardian).get(LIST))
+    for other in (stranger, clinician):
+        assert client_for(other).get(f"{LIST}{baby.pk}/").status_code == 404
+    assert client_for(mother).post(f"{LIST}{baby.pk}/").status_code == 405
