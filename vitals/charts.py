@@ -96,6 +96,11 @@ class Reading:
         return timezone.localtime(self.at, JAPAN).date()
 
     @property
+    def systolic(self) -> float | None:
+        """The value, or None where a blood pressure had no systolic."""
+        return None if math.isnan(self.value) else self.value
+
+    @property
     def source(self) -> str:
         return str(SOURCE_LABELS.get(self.origin, SOURCE_LABELS[Provenance.Origin.SYSTEM]))
 
