@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -170,7 +171,7 @@ def test_a_preterm_childs_points_are_at_corrected_age_and_marked(mother: Any) ->
     page = response.content.decode()
     weight_section = page.split('id="chart-weight-heading"')[1].split("</section>")[0]
     assert weight_section.count("marker hollow") == 1
-    assert "corrected age ends (24 months)" in weight_section or "修正" in weight_section
+    assert "修正月齢の終了（24か月）" in weight_section  # the line where correction ends
     assert 'class="mark mark-corrected"' in weight_section
     # the table gives the corrected age beside the age
     assert weight_section.count("<td>—</td>") >= 1  # the later one is not corrected
@@ -346,3 +347,54 @@ def test_a_deleted_reading_is_not_drawn(mother: Any, mother_patient: Patient) ->
     )
     body = client_for(mother).get(reverse("vitals:chart-data", args=[mother_patient.pk])).json()
     assert body["weight"] == []
+
+
+def test_birth_data_entered_in_the_handbook_gives_the_corrected_age(mother: Any) -> None:
+    from phr import handbook_services
+
+    child = make_child(mother, gender="female")
+    handbook_services.birth_data_record(
+        user=mother,
+        patient=child,
+        data=handbook_services.BirthData(gestation_weeks=28, gestation_days=3,
+                                         birth_weight_g=1150, length_cm=Decimal("37.0"),
+                                         head_cm=Decimal("26.0")),
+        birth=BIRTH,
+    )  # fmt: skip
+    measure(child, "29463-7", 4.2, "kg", BIRTH + timedelta(days=150))
+    body = client_for(mother).get(reverse("vitals:chart-data", args=[child.pk])).json()
+    assert body["gestationalAgeAtBirthDays"] == 28 * 7 + 3
+    assert body["correctedAgeUsed"] is True
+    birth_weight, later = body["series"]["weight"]
+    assert birth_weight["value"] == 1.15  # 1150 g
+    assert birth_weight["chartAgeDays"] == -81  # before term: no reference, no z
+    assert birth_weight["whoZ"] is None
+    assert later["chartAgeDays"] == 150 - 81
+    expected = growth.who_score(growth.WEIGHT, "F", growth.months_of(69), 4.2)
+    assert expected is not None
+    assert later["whoZ"] == round(expected.z, 2)
+    assert body["series"]["head"][0]["value"] == 26.0
+
+
+def test_the_number_of_queries_does_not_grow_with_the_readings(
+    mother: Any, mother_patient: Patient
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(mother)
+    data_url = reverse("vitals:chart-data", args=[mother_patient.pk]) + "?period=all"
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(data_url).status_code == 200
+            assert client.get(url(mother_patient)).status_code == 200
+        return len(captured.captured_queries)
+
+    bp(mother_patient, 120, 80, "2026-11-20T07:30:00+09:00")
+    client.get(data_url)  # warm the grant cache
+    few = count()
+    for day in range(1, 40):
+        bp(mother_patient, 120, 80, f"2026-10-{day % 28 + 1:02d}T0{day % 9}:30:00+09:00")
+        measure(mother_patient, "29463-7", 60.0, "kg", TODAY - timedelta(days=day))
+    assert count() == few
