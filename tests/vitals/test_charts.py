@@ -398,3 +398,12 @@ def test_the_number_of_queries_does_not_grow_with_the_readings(
         bp(mother_patient, 120, 80, f"2026-10-{day % 28 + 1:02d}T0{day % 9}:30:00+09:00")
         measure(mother_patient, "29463-7", 60.0, "kg", TODAY - timedelta(days=day))
     assert count() == few
+
+
+def test_english_on_request(mother: Any, boy: Patient) -> None:
+    client = client_for(mother)
+    client.post(reverse("set_language"), {"language": "en", "next": url(boy)})
+    page = text_of(client.get(url(boy)))
+    assert "Growth charts" in page
+    assert "Weight for age" in page
+    assert "2023 National Growth Survey" in page
