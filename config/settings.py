@@ -141,6 +141,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "phr.tasks.send_reminders",
         "schedule": TzAwareCrontab(minute="0", hour="8", tz=ZoneInfo("Asia/Tokyo")),
     },
+    # Vitals alert episodes whose time ran out become inactive (vitals/alerts.py;
+    # their period.end is written ahead, so this only tidies the status).
+    "vitals-alerts-close-lapsed": {
+        "task": "vitals.tasks.alerts_close_lapsed",
+        "schedule": 3600.0,
+    },
 }
 # A job row's lease: a worker renews it per chunk; the sweeper re-queues a
 # job whose lease ran out (its worker died).
@@ -149,6 +155,9 @@ JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 300, minimum=2)
 # the rows of its people (docs/decisions/0007-municipal-data.md); 1 = one
 # process.
 IMPORT_PARTITIONS = env_int("IMPORT_PARTITIONS", 2, minimum=1)
+# The largest Apple Health export (export.zip or export.xml) a family may
+# upload, in MB (vitals/import_views.py).
+APPLE_HEALTH_UPLOAD_MAX_MB = env_int("APPLE_HEALTH_UPLOAD_MAX_MB", 4096, minimum=1)
 
 if REDIS_URL:
     CACHES = {

@@ -140,11 +140,38 @@ ACTION_WORDS = {
     "guardian_invitation.accept": gettext_lazy("a second guardian who accepted an invitation"),
     "family.child_add": gettext_lazy("a child added by the family"),
     "account.leave": gettext_lazy("an account closed"),
+    # Vitals (issue 7)
+    "vitals.view": gettext_lazy("the home measurements"),
+    "vitals.write": gettext_lazy("a home measurement entered"),
+    "vitals.edit": gettext_lazy("a change to a home measurement"),
+    "vitals.delete": gettext_lazy("the deletion of a home measurement"),
+    "view.vitals.devices": gettext_lazy("the list of devices and apps that send vitals"),
+    "vitals.device.register": gettext_lazy("a device or app registered to send vitals"),
+    "vitals.device.revoke": gettext_lazy("the end of a device's or app's token"),
+    "vitals.device.write": gettext_lazy("vitals sent by a registered device or app"),
+    "view.vitals.csv_import": gettext_lazy("the page for importing vitals from a CSV file"),
+    "vitals.csv_import": gettext_lazy("vitals imported from a CSV file"),
+    "vitals.import": gettext_lazy("an Apple Health export imported"),
+    "vitals.import.apple_health": gettext_lazy("an Apple Health export imported"),
+    "vitals.import.view": gettext_lazy("the result of an Apple Health import"),
+    "view.vitals_charts": gettext_lazy("the growth and vitals charts"),
+    "view.vitals_chart_data": gettext_lazy(
+        "the numbers behind the growth and vitals charts (JSON)"
+    ),
+    "view.alerts": gettext_lazy("the vitals alerts"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
 # The daily reminder job's read as the guardian ("reminder.check"), too:
 # otherwise each guardian would see the other's daily check.
-HIDDEN_ACTIONS = ("break_glass.alert", "reminder.check")
+HIDDEN_ACTIONS = (
+    "break_glass.alert",
+    "reminder.check",
+    # The alert rules' evaluation as the family (vitals/alerts.py) and the
+    # family's own registered devices sending readings: system work on the
+    # family's behalf, one row per reading batch, not an access by others.
+    "alert.evaluate",
+    "vitals.device.write",
+)
 ROLE_WORDS = {
     Role.CLINIC_STAFF: pgettext_lazy("who accessed", "clinic staff"),
     Role.MUNICIPAL_STAFF: pgettext_lazy("who accessed", "municipal staff"),
@@ -153,6 +180,7 @@ ROLE_WORDS = {
     "guardian": pgettext_lazy("who accessed", "guardian"),
     "person": pgettext_lazy("who accessed", "person you share with"),
     "patient": pgettext_lazy("who accessed", "the person herself"),
+    "device": pgettext_lazy("who accessed", "registered device or app"),
 }
 STAFF_ROLES = frozenset({*Role.values, "admin"})
 

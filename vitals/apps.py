@@ -26,6 +26,9 @@ class VitalsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # The Apple Health import registers its job kind with phr.jobs on
+        # import, so a worker that never loaded the upload views runs it.
+        from vitals import apple_health  # noqa: F401
         from vitals.signals import vitals_written
 
         vitals_written.connect(queue_alert_evaluation, dispatch_uid="vitals.alerts.evaluate")
