@@ -107,8 +107,10 @@ def test_it_counts_unknown_types_without_failing() -> None:
 
 
 def test_the_device_label_drops_the_address_that_changes_per_export() -> None:
-    raw = ("<<HKDevice: 0x283a0c780>, name:Apple Watch, manufacturer:Apple Inc., "
-           "model:Watch, hardware:Watch6,2, software:10.1.1>")
+    raw = (
+        "<<HKDevice: 0x283a0c780>, name:Apple Watch, manufacturer:Apple Inc., "
+        "model:Watch, hardware:Watch6,2, software:10.1.1>"
+    )
     other = raw.replace("0x283a0c780", "0x2811f3e40").replace("10.1.1", "10.2")
     assert ah.device_label(raw) == ah.device_label(other)
     assert ah.device_label(raw) == (
@@ -143,9 +145,11 @@ def test_malformed_xml_is_an_error_with_its_line_and_column() -> None:
 
 
 def test_entity_declarations_are_refused() -> None:
-    bomb = (b'<?xml version="1.0"?><!DOCTYPE HealthData [<!ENTITY a "aaaaaaaaaa">'
-            b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><HealthData locale="ja_JP">&b;'
-            b"</HealthData>")
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE HealthData [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><HealthData locale="ja_JP">&b;'
+        b"</HealthData>"
+    )
     with pytest.raises(ah.ExportError) as caught:
         read_all(bomb)
     assert caught.value.code == "entity"
@@ -240,8 +244,9 @@ def _store(data: bytes, name: str = "export.xml") -> str:
 
 
 def run_import(patient: Any, user: Any, data: bytes, name: str = "export.xml") -> Job:
-    job = ah.import_enqueue(patient=patient, user=user, path=_store(data, name),
-                            filename=name, size=len(data))
+    job = ah.import_enqueue(
+        patient=patient, user=user, path=_store(data, name), filename=name, size=len(data)
+    )
     from phr.jobs import job_run
 
     job_run(job_id=job.pk)
@@ -252,7 +257,9 @@ def run_import(patient: Any, user: Any, data: bytes, name: str = "export.xml") -
 def vitals_rows(patient: Any) -> list[Resource]:
     return list(
         Resource.objects.filter(
-            compartments__overlap=[patient.pk], resource_type="Observation", deleted=False,
+            compartments__overlap=[patient.pk],
+            resource_type="Observation",
+            deleted=False,
         ).order_by("date_start", "id")
     )
 
@@ -281,8 +288,11 @@ def test_it_imports_the_sample_with_units_converted(
     kinds = _by_kind(mother_patient)
     weights = [r.value for r in kinds["body_weight"]]
     # kg as written; 121.9 lb and 55600 g converted to kg.
-    assert weights == [Decimal("55.2"), (Decimal("121.9") * records.LB_KG).quantize(
-        Decimal("0.001")), Decimal("55.6")]
+    assert weights == [
+        Decimal("55.2"),
+        (Decimal("121.9") * records.LB_KG).quantize(Decimal("0.001")),
+        Decimal("55.6"),
+    ]
     temperatures = [r.value for r in kinds["body_temperature"]]
     assert temperatures == [Decimal("36.6"), Decimal("37.0")]  # 98.6 °F
     glucose = [r.value for r in kinds["blood_glucose"]]
@@ -303,8 +313,11 @@ def test_steps_become_one_record_per_japan_day_and_source(
     media: Path, mother: Any, mother_patient: Any
 ) -> None:
     run_import(mother_patient, mother, sample.sample_export())
-    rows = [r for r in vitals_rows(mother_patient)
-            if (records.kind_of(r.content) or records.KINDS["heart_rate"]).key == "step_count"]
+    rows = [
+        r
+        for r in vitals_rows(mother_patient)
+        if (records.kind_of(r.content) or records.KINDS["heart_rate"]).key == "step_count"
+    ]
     got = {}
     for row in rows:
         period = row.content["effectivePeriod"]
@@ -337,8 +350,9 @@ def test_re_importing_adds_nothing_even_from_a_new_export(
     first = run_import(mother_patient, mother, sample.sample_export(pointer_seed=1))
     count = len(vitals_rows(mother_patient))
     # A later export of the same data: other device addresses, zipped.
-    second = run_import(mother_patient, mother,
-                        sample.zipped(sample.sample_export(pointer_seed=99)), "export.zip")
+    second = run_import(
+        mother_patient, mother, sample.zipped(sample.sample_export(pointer_seed=99)), "export.zip"
+    )
     assert second.status == Job.Status.DONE, second.error
     assert len(vitals_rows(mother_patient)) == count
     assert second.result["created"] == 0
@@ -354,8 +368,11 @@ def test_a_bad_file_imports_nothing(
     data = sample.sample_export()
     # The damage is near the end: every record before it is readable, and
     # still none may be written.
-    bad = data[:-40] if damage == "truncated" else data.replace(b"</Correlation>",
-                                                                  b"</Correlaton>", 1)
+    bad = (
+        data[:-40]
+        if damage == "truncated"
+        else data.replace(b"</Correlation>", b"</Correlaton>", 1)
+    )
     job = run_import(mother_patient, mother, bad)
     assert job.status == Job.Status.FAILED
     assert vitals_rows(mother_patient) == []
@@ -403,8 +420,13 @@ def test_a_resumed_job_writes_each_record_once(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ah, "_write_chunk", dying)
-    job = ah.import_enqueue(patient=mother_patient, user=mother,
-                            path=_store(sample.sample_export()), filename="export.xml", size=1)
+    job = ah.import_enqueue(
+        patient=mother_patient,
+        user=mother,
+        path=_store(sample.sample_export()),
+        filename="export.xml",
+        size=1,
+    )
     with pytest.raises(SystemExit):
         jobs.job_run(job_id=job.pk)
     job.refresh_from_db()
