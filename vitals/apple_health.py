@@ -578,6 +578,7 @@ KIND_OF = {
     BLOOD_PRESSURE: "blood_pressure",
     STEP_COUNT: "step_count",
 }
+IMPORTED_KINDS = frozenset(KIND_OF.values())
 
 
 class _Counting(io.RawIOBase):
@@ -714,8 +715,9 @@ def _write_chunk(ctx: Any, batch: list[Any], *, user: Any, cursor: dict[str, Any
             user=user, device=DeviceRef(id="apple-health", display=APPLE_HEALTH),
             source=f"apple-health:job/{ctx.job.pk} {label}"[:200], job_id=ctx.job.pk,
         )
+        # The alert rules run once, at the end of the import (below).
         result = vitals_write_staged(batch, provenance=provenance, copy=True,
-                                     sender=apple_health_import)
+                                     sender=apple_health_import, notify=False)
         counts = cursor["counts"]
         counts["created"] += len(result.created)
         counts["updated"] += len(result.updated)
@@ -818,6 +820,13 @@ def apple_health_import(ctx: Any) -> dict[str, Any]:
     _write_chunk(ctx, batch, user=user, cursor=cursor, progress_done=position,
                  progress_total=total, label=f"items to {position}")
     _audit_import(user, patient.pk, ctx.job.pk, cursor["counts"])
+    counts = cursor["counts"]
+    if counts["created"] or counts["updated"]:
+        # One vitals_written for the whole import (the chunks sent none): the
+        # kinds it may have written, whatever chunk a resumed job began at.
+        from vitals import signals
+
+        signals.send_on_commit(apple_health_import, {patient.pk: IMPORTED_KINDS})
     Job.objects.filter(pk=ctx.job.pk).update(progress_done=total, progress_total=total)
     return {
         **cursor["tally"],

@@ -876,15 +876,18 @@ def vitals_write_staged(
     provenance: Provenance,
     copy: bool = True,
     sender: Any = None,
+    notify: bool = True,
 ) -> store.WriteResult:
     """Write a chunk of vital_staged items in the caller's transaction (a
     job calls this once per chunk and commits); rows already stored with
     the same content are skipped. Sends vitals_written on commit for the
-    patients and kinds actually created or changed. The caller authorized
-    the writer (authorize) and audits the import."""
+    patients and kinds actually created or changed — unless notify=False:
+    a long import sends it once at its end instead (signals.send_on_commit),
+    so the alert rules run once rather than after every chunk. The caller
+    authorized the writer (authorize) and audits the import."""
     result = store.write_staged(items, provenance=provenance, copy=copy)
     written = set(result.created) | set(result.updated)
-    if written:
+    if written and notify:
         changes: dict[uuid.UUID, set[str]] = {}
         for item in items:
             if item.id in written:

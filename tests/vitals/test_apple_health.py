@@ -438,3 +438,40 @@ def test_a_resumed_job_writes_each_record_once(
     job.refresh_from_db()
     assert len(vitals_rows(mother_patient)) == 12 + len(sample.SAMPLE_STEP_TOTALS)
     assert job.result["created"] == 12 + len(sample.SAMPLE_STEP_TOTALS)
+
+
+@pytest.mark.django_db
+def test_an_import_tells_the_alert_rules_once_not_per_chunk(
+    media: Path,
+    mother: Any,
+    mother_patient: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """vitals_written (which queues the alert evaluation) is sent once for
+    the whole import, after its last chunk, naming the kinds it may have
+    written; a re-import that writes nothing sends none."""
+    from vitals.signals import vitals_written
+
+    monkeypatch.setattr(ah, "CHUNK", 4)  # the sample makes several chunks
+    sent: list[tuple[Any, frozenset[str]]] = []
+
+    def receiver(sender: Any, *, patient_id: Any, kinds: Any = (), **_: Any) -> None:
+        sent.append((patient_id, frozenset(kinds)))
+
+    vitals_written.connect(receiver, dispatch_uid="test-apple-health-once")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            job = run_import(mother_patient, mother, sample.sample_export())
+        assert job.status == Job.Status.DONE, job.error
+        assert len(sent) == 1
+        patient_id, kinds = sent[0]
+        assert patient_id == mother_patient.pk
+        assert {"blood_pressure", "body_weight"} <= kinds
+        sent.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            again = run_import(mother_patient, mother, sample.sample_export())
+        assert again.status == Job.Status.DONE
+        assert sent == []
+    finally:
+        vitals_written.disconnect(dispatch_uid="test-apple-health-once")
