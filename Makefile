@@ -74,7 +74,6 @@ bench: venv
 	$(PY) bench/bench_handbook.py
 	$(PY) bench/bench_charts.py
 	$(PY) bench/bench_apple_health.py
-	$(PY) bench/bench_apple_health.py
 
 stop: venv
 	$(PY) -m config.devdb stop
