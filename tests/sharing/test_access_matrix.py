@@ -69,7 +69,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpResponse
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
@@ -77,7 +77,7 @@ from clinics.models import ClinicInvitation
 from municipal_data.linking import link_code_issue
 from municipal_data.models import MatchReview
 from phr import family as family_service
-from phr import handbook_services, medications, services, store
+from phr import handbook_services, medications, services, store, terminology
 from phr.authentication import api_token_create
 from phr.fhir import to_fhir
 from phr.indexing import SUPPORTED_TYPES
@@ -94,6 +94,7 @@ from phr.models import (
     Role,
     User,
 )
+from phr.selectors import JAPAN
 from phr.terminology import LOCAL, Category
 from sharing.emergency import card_create
 from sharing.models import BreakGlass, Consent, ConsentPurpose
@@ -106,6 +107,10 @@ from sharing.services import (
 )
 from tests import factories as f
 from tests.sharing import oracle
+from vitals import alerts as vital_alerts
+from vitals import apple_health, device_writes
+from vitals import devices as vital_devices
+from vitals import records as vital_records
 
 pytestmark = pytest.mark.django_db
 
@@ -413,6 +418,14 @@ def handbook_must(world: World, persona: str, patient: Patient) -> set[uuid.UUID
     return {rid for rid, resource_type in rows if resource_type != "EpisodeOfCare"}
 
 
+def handbook_print_must(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """The print page, laid out like the paper handbook, leaves out the
+    home measurements (templates/phr/handbook/_home.html "not printing")."""
+    must = handbook_must(world, persona, patient)
+    vitals = Resource.objects.filter(id__in=must, category=Category.VITALS)
+    return must - set(vitals.values_list("id", flat=True))
+
+
 def _notes(world: World) -> set[uuid.UUID]:
     return {world.records["child_note"]}
 
@@ -438,6 +451,7 @@ def _for(patient_name: str, path: str) -> Callable[[World], str]:
             statement=world.records["child_statement"],
             vaccination=world.records["child_vaccination"],
             reported=world.records["child_reported_vaccination"],
+            **{k: v for k, v in world.ids.items() if k != "patient"},
         )
 
     return sample
@@ -557,6 +571,136 @@ def _left(world: World, persona: str, response: HttpResponse) -> str | None:
 
 def _reminders_of(world: World, persona: str) -> set[str]:
     return {"mother": {"child"}, "neighbour": {"neighbour_child"}}.get(persona, set())
+
+
+# --- Vitals (issue 7): the family's quick entry, devices, imports, charts
+# and alerts. Written and read as the family (purpose personal): the
+# person herself and a child's guardians (FAMILY_OF); whoever she shares
+# with, clinics, the town and admins get 404. ---------------------------------
+
+CHART_CATEGORIES = {
+    Patient.Kind.CHILD: frozenset(
+        {Category.VITALS, Category.INFANT_CHECKUPS, Category.SCHOOL_CHECKUPS}
+    ),
+    Patient.Kind.ADULT: frozenset(
+        {Category.VITALS, Category.PREGNANCY, Category.PRENATAL_CHECKUPS}
+    ),
+}
+
+
+def _observations(
+    world: World, persona: str, patient: Patient, categories: frozenset[str]
+) -> set[uuid.UUID]:
+    seen = oracle.listable(world.snapshot, world.user_id(persona), mimic=MIMIC)
+    return {
+        rec.id
+        for rec in world.snapshot.records
+        if rec.id in seen
+        and patient.pk in rec.compartments
+        and rec.resource_type == "Observation"
+        and rec.category in categories
+    }
+
+
+def vitals_reach(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """The quick-entry page: the person's home measurements the persona
+    sees (all of them: the world has fewer than its 30 recent)."""
+    return _observations(world, persona, patient, frozenset({Category.VITALS}))
+
+
+def vitals_must(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """What the quick-entry page must list: of the reach, the readings
+    taken at an instant. A measurement dated by day only (valid FHIR, as
+    the world's older ones are) is not a reading the page understands
+    (vitals.records.reading_of) and is left out of the recent entries."""
+    reach = vitals_reach(world, persona, patient)
+    rows = Resource.objects.filter(id__in=reach).values_list("id", "content")
+    return {rid for rid, content in rows if "T" in str(content.get("effectiveDateTime", ""))}
+
+
+def chart_reach(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """A chart: measurements (home, checkups; a mother's pregnancy ones)
+    the persona sees, never an allergy, a condition or another result."""
+    return _observations(world, persona, patient, CHART_CATEGORIES[patient.kind])
+
+
+def alert_reach(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """A person's alerts: the alert Flags the persona sees and the readings
+    they list."""
+    seen = oracle.listable(world.snapshot, world.user_id(persona), mimic=MIMIC)
+    flags = {
+        rec.id
+        for rec in world.snapshot.records
+        if rec.id in seen and patient.pk in rec.compartments and rec.resource_type == "Flag"
+    }
+    return flags | (alert_must(world, persona, patient) if flags else set())
+
+
+def alert_must(world: World, persona: str, patient: Patient) -> set[uuid.UUID]:
+    """The readings of the world's alert, where the persona sees them."""
+    seen = oracle.listable(world.snapshot, world.user_id(persona), mimic=MIMIC)
+    readings = {world.records["mother_bp"], world.records["mother_bp_second"]}
+    if world.patients["mother_patient"].pk != patient.pk:
+        return set()
+    return readings & seen
+
+
+def _entry_body(slug: str, **values: str) -> Callable[[World], dict[str, Any]]:
+    def body(world: World) -> dict[str, Any]:
+        when = (timezone.localtime(timezone.now(), JAPAN) - timedelta(hours=1)).strftime(
+            "%Y-%m-%dT%H:%M"
+        )
+        return {f"{slug}-taken_at": when, **{f"{slug}-{k}": v for k, v in values.items()}}
+
+    return body
+
+
+def _bp_edit_body(world: World) -> dict[str, Any]:
+    return {
+        "blood-pressure-systolic": "146",
+        "blood-pressure-diastolic": "95",
+        "blood-pressure-taken_at": world.ids["mother_bp_time"],
+    }
+
+
+def _csv_body(world: World) -> dict[str, Any]:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    when = (timezone.localtime(timezone.now(), JAPAN) - timedelta(hours=2)).isoformat()
+    data = f"timestamp,type,value,unit\n{when},temperature,36.6,Cel\n".encode()
+    return {"file": SimpleUploadedFile("vitals.csv", data, content_type="text/csv")}
+
+
+def _bad_file_body(name: str) -> Callable[[World], dict[str, Any]]:
+    def body(world: World) -> dict[str, Any]:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        return {"file": SimpleUploadedFile(name, b"not, what, it, should be\x00", "text/plain")}
+
+    return body
+
+
+def _export_body(world: World) -> dict[str, Any]:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    xml = b'<?xml version="1.0" encoding="UTF-8"?>\n<HealthData locale="ja_JP"></HealthData>\n'
+    return {"file": SimpleUploadedFile("export.xml", xml, content_type="text/xml")}
+
+
+def _device_body(world: World) -> dict[str, Any]:
+    return {"name": "Matrix thermometer", "kind": "device"}
+
+
+def _author_only(path: str, **ok: int) -> list[Case]:
+    """A hand entry of the mother's: hers alone (not the father's)."""
+    return family_form(
+        path, ok=ok, writers={"mother_patient": frozenset({"mother"})}, patients=("mother_patient",)
+    )
+
+
+def _nobodys(path: str, patient: str, *verbs: str) -> Case:
+    """A path that is nobody's (another person's object under it): 404."""
+    return Case(_for(patient, path), {verb: S(user=404) for verb in verbs})
 
 
 # The Django admin's per-model routes, generated for each registered model
@@ -902,7 +1046,7 @@ EXPECTATIONS: dict[str, Rule] = {
     # measurements, all of them, and never an allergy, condition or flag.
     "handbook/<uuid:patient_id>/": patient_page(FAMILY_OF, handbook_reach, must=handbook_must),
     "handbook/<uuid:patient_id>/print/": patient_page(
-        FAMILY_OF, handbook_reach, must=handbook_must
+        FAMILY_OF, handbook_reach, must=handbook_print_must
     ),
     # School checkups and birth data: a child's guardians only (an adult:
     # 404 for all); an empty POST is the form with errors (400).
@@ -1172,6 +1316,166 @@ EXPECTATIONS: dict[str, Rule] = {
             {"GET": S(user=200), "POST": S(user=302)},
             body=lambda w: {"email_enabled": "on", "vaccinations": "on"},
         ),
+    ),
+    # --- Vitals (issue 7; vitals/*_urls.py) --------------------------------
+    # Quick entry: the family's page (purpose personal), showing the
+    # person's home measurements; POST 405 (anonymous too: the method is
+    # checked first).
+    "vitals/<uuid:patient_id>/": patient_page(
+        FAMILY_OF, vitals_reach, must=vitals_must, GET=S(), POST=S(anyone=405)
+    ),
+    # One form's measurement: the family writes (302), a form with errors
+    # is 400; a form of the other kind of person (a child's head for the
+    # mother, a fetal movement count for a child) is 404; GET 405.
+    "vitals/<uuid:patient_id>/add/<slug:slug>/": cases(
+        *family_form(
+            "vitals/{patient}/add/blood-pressure/",
+            ok={"POST": 302},
+            body=_entry_body("blood-pressure", systolic="118", diastolic="76", pulse="72"),
+            patients=("mother_patient",),
+        ),
+        *family_form(
+            "vitals/{patient}/add/weight/",
+            ok={"POST": 302},
+            body=_entry_body("weight", value="8.4", unit="kg"),
+            patients=("child",),
+        ),
+        *family_form(
+            "vitals/{patient}/add/weight/",
+            ok={"POST": 302},
+            body=_entry_body("weight", value="23.5", unit="kg"),
+            patients=("neighbour_child",),
+        ),
+        *family_form(
+            "vitals/{patient}/add/temperature/", ok={"POST": 400}, body=_entry_body("temperature")
+        ),
+        *family_form(
+            "vitals/{patient}/add/blood-pressure/", ok={"POST": 400}, patients=("mother_patient",)
+        ),
+        _nobodys("vitals/{patient}/add/head/", "mother_patient", "POST"),
+        _nobodys("vitals/{patient}/add/fetal-movement/", "child", "POST"),
+        Case(_for("mother_patient", "vitals/{patient}/add/weight/"), {"GET": S(anyone=405)}),
+    ),
+    # An entry: its author's (the mother's blood pressure); a device's
+    # reading and an entry under another person are nobody's; delete GET 405.
+    "vitals/<uuid:patient_id>/entries/<uuid:record_id>/edit/": cases(
+        *_author_only("vitals/{patient}/entries/{mother_bp}/edit/", GET=200),
+        Case(
+            _for("mother_patient", "vitals/{patient}/entries/{mother_bp}/edit/"),
+            {"POST": S(user=404, mother=302)},
+            body=_bp_edit_body,
+            shows=_only("mother_patient"),
+        ),
+        *_author_only("vitals/{patient}/entries/{mother_bp}/edit/", POST=400),
+        _nobodys(
+            "vitals/{patient}/entries/{mother_device_weight}/edit/", "mother_patient", "GET", "POST"
+        ),
+        _nobodys("vitals/{patient}/entries/{mother_bp}/edit/", "child", "GET", "POST"),
+    ),
+    "vitals/<uuid:patient_id>/entries/<uuid:record_id>/delete/": cases(
+        *_author_only("vitals/{patient}/entries/{mother_bp}/delete/", POST=302),
+        _nobodys(
+            "vitals/{patient}/entries/{mother_device_weight}/delete/", "mother_patient", "POST"
+        ),
+        _nobodys("vitals/{patient}/entries/{mother_bp}/delete/", "child", "POST"),
+        Case(
+            _for("mother_patient", "vitals/{patient}/entries/{mother_bp}/delete/"),
+            {"GET": S(anyone=405)},
+        ),
+    ),
+    # Devices: the family's. Registering a device mints a token that writes
+    # the person's record: a stale session confirms access first (302),
+    # a re-authenticated one sees the token once (200) or the form's errors.
+    "vitals/devices/<uuid:patient_id>/": cases(
+        *family_form("vitals/devices/{patient}/", ok={"GET": 200}),
+        *[
+            replace(c, redirect_to="reauthenticate")
+            for c in family_form("vitals/devices/{patient}/", ok={"POST": 302}, body=_device_body)
+        ],
+        *[
+            replace(c, fresh=True)
+            for c in family_form("vitals/devices/{patient}/", ok={"POST": 200}, body=_device_body)
+        ],
+        *[
+            replace(c, fresh=True)
+            for c in family_form("vitals/devices/{patient}/", ok={"POST": 400})
+        ],
+    ),
+    # Revoking: the family's, for a device of that person (the mother's
+    # device under the child's path: nobody's).
+    "vitals/devices/<uuid:patient_id>/<uuid:device_id>/revoke/": cases(
+        *family_form(
+            "vitals/devices/{patient}/{device}/revoke/",
+            ok={"POST": 302},
+            patients=("mother_patient",),
+        ),
+        *family_form(
+            "vitals/devices/{patient}/{child_device}/revoke/", ok={"POST": 302}, patients=("child",)
+        ),
+        _nobodys("vitals/devices/{patient}/{device}/revoke/", "child", "POST"),
+        Case(
+            _for("mother_patient", "vitals/devices/{patient}/{device}/revoke/"),
+            {"GET": S(anyone=405)},
+        ),
+    ),
+    "vitals/devices/<uuid:patient_id>/csv/": cases(
+        *family_form("vitals/devices/{patient}/csv/", ok={"GET": 200, "POST": 200}, body=_csv_body),
+        *family_form(
+            "vitals/devices/{patient}/csv/", ok={"POST": 400}, body=_bad_file_body("vitals.csv")
+        ),
+    ),
+    # The device endpoints take a device's token only.
+    "vitals/devices/api/Observation": custom(lambda *args: check_device_api(*args)),
+    "vitals/devices/api/Bundle": custom(lambda *args: check_device_api(*args)),
+    "vitals/devices/api/omh": custom(lambda *args: check_device_api(*args)),
+    # Apple Health imports: the family's; an upload goes to its job's page,
+    # a file that is no export is the form with errors; a job is seen
+    # under its own person only.
+    "vitals/imports/<uuid:patient_id>/": cases(
+        *[
+            replace(c, redirect_to="/vitals/imports/")
+            for c in family_form(
+                "vitals/imports/{patient}/", ok={"GET": 200, "POST": 302}, body=_export_body
+            )
+        ],
+        *family_form(
+            "vitals/imports/{patient}/", ok={"POST": 400}, body=_bad_file_body("export.xml")
+        ),
+    ),
+    "vitals/imports/<uuid:patient_id>/<int:job_id>/": cases(
+        *family_form(
+            "vitals/imports/{patient}/{import_job}/", ok={"GET": 200}, patients=("mother_patient",)
+        ),
+        _nobodys("vitals/imports/{patient}/{import_job}/", "child", "GET"),
+        Case(
+            _for("mother_patient", "vitals/imports/{patient}/{import_job}/"),
+            {"POST": S(anyone=405)},
+        ),
+    ),
+    "vitals/imports/<uuid:patient_id>/<int:job_id>/progress/": cases(
+        *family_form(
+            "vitals/imports/{patient}/{import_job}/progress/",
+            ok={"GET": 200},
+            patients=("mother_patient",),
+        ),
+        _nobodys("vitals/imports/{patient}/{import_job}/progress/", "child", "GET"),
+        Case(
+            _for("mother_patient", "vitals/imports/{patient}/{import_job}/progress/"),
+            {"POST": S(anyone=405)},
+        ),
+    ),
+    # Charts: the family's, like the handbook; measurements only.
+    "vitals/charts/<uuid:patient_id>/": patient_page(
+        FAMILY_OF, chart_reach, GET=S(), POST=S(anyone=405)
+    ),
+    "vitals/charts/<uuid:patient_id>/data.json": patient_page(
+        FAMILY_OF, chart_reach, GET=S(), POST=S(anyone=405)
+    ),
+    # Alerts: one's own family's (the list names them), each person's with
+    # the readings that raised it.
+    "vitals/alerts/": listing(lambda w, p: own_family(w, p), POST=S(user=405)),
+    "vitals/alerts/<uuid:patient_id>/": patient_page(
+        FAMILY_OF, alert_reach, must=alert_must, GET=S(), POST=S(user=405)
     ),
     # --- FHIR Patient/$everything (phr/fhir_api.py EverythingView) --------------
     "fhir/Patient/<str:resource_id>/$everything": Rule(FHIR_EVERYTHING),
@@ -1631,6 +1935,7 @@ def build_world() -> World:
             ("neighbour", "neighbour", "neighbour_child"),
         )
     }
+    vitals_ids = _vitals_world(people, patients, records, markers)
     for name, patient in patients.items():
         records[name] = patient.pk
 
@@ -1673,8 +1978,97 @@ def build_world() -> World:
             "guardian_invitation": str(invitation.pk),
             "invitation_token": invitation_token,
             "mother_reminder": str(reminders["mother"].pk),
+            **vitals_ids,
         },
     )
+
+
+def _vitals_world(
+    people: dict[str, User],
+    patients: dict[str, Patient],
+    records: dict[str, uuid.UUID],
+    markers: dict[uuid.UUID, str],
+) -> dict[str, str]:
+    """Issue 7's objects: the pregnant mother's two high home blood
+    pressures (hand-entered) and the alert Flag they raise, a device of
+    hers with a reading it sent, a device of the child, and an Apple
+    Health import job of hers (queued; it never runs here)."""
+    mother, mother_patient, child = people["mother"], patients["mother_patient"], patients["child"]
+    now = timezone.now()
+    # A due date making today 30 weeks (the pregnancy rules need one), as
+    # the mother entered it in her handbook.
+    due = timezone.localdate(timezone=JAPAN) + timedelta(days=280 - 30 * 7)
+    _write(
+        {
+            "resourceType": "Observation",
+            "meta": {"tag": [{"system": terminology.CATEGORY_SYSTEM, "code": Category.PREGNANCY}]},
+            "status": "final",
+            "code": {"coding": [terminology.item("edd").coding]},
+            "subject": _ref(mother_patient),
+            "effectiveDateTime": (due - timedelta(days=210)).isoformat(),
+            "valueDateTime": due.isoformat(),
+        },
+        origin=Provenance.Origin.SELF,
+    )
+    taken = {"mother_bp": now - timedelta(days=2), "mother_bp_second": now - timedelta(days=1)}
+    for name, (systolic, diastolic) in (("mother_bp", (147, 96)), ("mother_bp_second", (151, 97))):
+        [written] = vital_records.vitals_write(
+            user=mother,
+            patient=mother_patient,
+            readings=[
+                vital_records.reading(
+                    vital_records.BLOOD_PRESSURE,
+                    systolic=systolic,
+                    diastolic=diastolic,
+                    taken_at=taken[name].replace(second=0, microsecond=0),
+                )
+            ],
+        )
+        records[name] = written.id
+        markers[written.id] = f"{systolic}/{diastolic}"
+    device, secret = vital_devices.device_register(
+        patient=mother_patient, by=mother, name="Matrix BP monitor", kind="device"
+    )
+    child_device, _child_secret = vital_devices.device_register(
+        patient=child, by=people["father"], name="Matrix baby scale", kind="device"
+    )
+    sent = device_writes.write_from_device(
+        device=device,
+        readings=[
+            vital_records.reading(
+                vital_records.BODY_WEIGHT, "58.91", taken_at=now - timedelta(hours=3)
+            )
+        ],
+        wheres=["$"],
+        api="matrix",
+    )
+    records["mother_device_weight"] = sent.written[0].id
+    markers[sent.written[0].id] = "58.91"
+    job = apple_health.import_enqueue(
+        patient=mother_patient,
+        user=mother,
+        path="vitals/apple-health/matrix/export.xml",
+        filename="export.xml",
+        size=100,
+    )
+    result = vital_alerts.alerts_evaluate(patient_id=mother_patient.pk)
+    flag = (
+        Resource.objects.filter(resource_type="Flag", compartments__contains=[mother_patient.pk])
+        .exclude(id__in=records.values())
+        .get()
+    )
+    assert result.episodes, "the two high readings raise no alert"
+    records["mother_alert"] = flag.id
+    bp_time = timezone.localtime(taken["mother_bp"], JAPAN).strftime("%Y-%m-%dT%H:%M")
+    return {
+        "mother_bp": str(records["mother_bp"]),
+        "mother_bp_time": bp_time,
+        "mother_device_weight": str(records["mother_device_weight"]),
+        "device": str(device.pk),
+        "device_token": secret,
+        "child_device": str(child_device.pk),
+        "import_job": str(job.pk),
+    }
 
 
 def _admin_objects(people: dict[str, User]) -> dict[str, str]:
@@ -1731,10 +2125,18 @@ def _admin_objects(people: dict[str, User]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(django_db_setup: Any, django_db_blocker: Any) -> Iterator[World]:
+def world(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     """Built once for the module inside a transaction that is rolled back at
-    the end; each test runs in a savepoint of it (pytest-django)."""
-    with django_db_blocker.unblock(), transaction.atomic():
+    the end; each test runs in a savepoint of it (pytest-django). Uploads
+    (Apple Health exports) land in a temporary MEDIA_ROOT."""
+    media = tmp_path_factory.mktemp("matrix-media")
+    with (
+        override_settings(MEDIA_ROOT=str(media)),
+        django_db_blocker.unblock(),
+        transaction.atomic(),
+    ):
         yield build_world()
         transaction.set_rollback(True)
 
@@ -1773,7 +2175,11 @@ def call(
     runs inside the savepoint, before the rollback, to look at what the
     request wrote; its answer is the response's `inspected`."""
     if c.fresh:
-        with mock.patch("phr.auth.recently_authenticated", return_value=True):
+        # vitals.device_views imported the function by name.
+        with (
+            mock.patch("phr.auth.recently_authenticated", return_value=True),
+            mock.patch("vitals.device_views.recently_authenticated", return_value=True),
+        ):
             return call(world, replace(c, fresh=False), body, inspect)
     client = Client()
     headers: dict[str, str] = {}
@@ -2059,6 +2465,11 @@ def check_patient_page(world: World, route: str, rule: Rule, out: Failures) -> N
         url = route.replace(param.group(0), str(patient.pk))
         allowed = rule.allowed[patient_name]
         for verb in rule.verbs:
+            if rule.verbs[verb]:
+                # A verb with declared statuses (e.g. POST 405 for anyone):
+                # like page(), the same for every patient.
+                _check_patient_page_verb(world, rule, verb, url, out)
+                continue
             for persona in PERSONAS:
                 c = Call(persona, verb, url)
                 response = call(world, c)
@@ -2098,6 +2509,17 @@ def check_patient_page(world: World, route: str, rule: Rule, out: Failures) -> N
                     c,
                     "another patient's data on the page",
                 )
+
+
+def _check_patient_page_verb(world: World, rule: Rule, verb: str, url: str, out: Failures) -> None:
+    page_rule = Rule(AUTH, verbs=rule.verbs)
+    for persona in PERSONAS:
+        c = Call(persona, verb, url)
+        response = call(world, c, body={} if verb == "POST" else None)
+        out.status(response, c, _page_status(world, page_rule, verb, url, persona))
+        out.expect(not phi_in(world, response), c, "patient data")
+        if response.status_code == 302:
+            _check_turned_away(world, page_rule, c, response, out)
 
 
 def _name(world: World, rid: uuid.UUID) -> str:
@@ -2584,6 +3006,134 @@ def check_export_print(world: World, route: str, rule: Rule, out: Failures) -> N
         for patient in PATIENTS:
             named = bool(phi_in(world, response, (patient,)))
             out.expect(named == (patient in family), c, f"{patient} named: {named}")
+
+
+# --- The device endpoints (vitals/device_api.py) -------------------------------
+
+
+def _device_observation(patient: Patient | None, kg: str = "58.7") -> dict[str, Any]:
+    resource = f.observation(
+        patient or Patient(), code="29463-7", value=float(kg), unit="kg",
+        when=(timezone.now() - timedelta(minutes=30)).isoformat(),
+    )  # fmt: skip
+    if patient is None:
+        del resource["subject"]
+    return resource
+
+
+def _device_bodies(world: World, route: str) -> dict[str, tuple[Any, int]]:
+    """For each endpoint: a body for the device's own person (and its
+    status), one naming another person as the subject (403; Open mHealth
+    names no subject), and one that is not the format (400)."""
+    mother, child = world.patients["mother_patient"], world.patients["child"]
+    if route.endswith("Observation"):
+        return {
+            "own": (_device_observation(mother), 201),
+            "no subject": (_device_observation(None, "58.8"), 201),
+            "other": (_device_observation(child), 403),
+            "bad": ({"resourceType": "Patient"}, 400),
+        }
+    if route.endswith("Bundle"):
+
+        def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+            entries = [{"resource": r, "request": {"method": "POST", "url": "Observation"}}
+                       for r in resources]  # fmt: skip
+            return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+        return {
+            "own": (bundle(_device_observation(mother)), 200),
+            "other": (bundle(_device_observation(mother), _device_observation(child, "9.1")), 403),
+            "bad": ({"resourceType": "Bundle", "type": "history"}, 400),
+        }
+    point = {
+        "header": {
+            "id": str(uuid.uuid4()),
+            "creation_date_time": timezone.now().isoformat(),
+            "schema_id": {"namespace": "omh", "name": "body-weight", "version": "2.0"},
+        },
+        "body": {
+            "body_weight": {"value": 58.6, "unit": "kg"},
+            "effective_time_frame": {"date_time": timezone.now().isoformat()},
+        },
+    }
+    return {"own": (point, 201), "bad": ({"header": {}}, 400)}
+
+
+def _device_request(
+    world: World, verb: str, url: str, body: Any, secret: str
+) -> tuple[HttpResponse, set[uuid.UUID]]:
+    """One request with a device token, in a savepoint rolled back; and
+    the patients whose records it wrote."""
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    with transaction.atomic():
+        before = set(Resource.objects.values_list("id", flat=True))
+        if verb == "GET":
+            response = client.get("/" + url)
+        else:
+            response = client.post("/" + url, data=json.dumps(body), content_type=FHIR_JSON)
+        written = Resource.objects.exclude(id__in=before).values_list("compartments", flat=True)
+        patients = {pid for compartments in written for pid in compartments}
+        transaction.set_rollback(True)
+    return response, patients
+
+
+def check_device_api(world: World, route: str, rule: Rule, out: Failures) -> None:
+    """A device's token only: anonymous, every persona's session and API
+    token get 401 whatever they send; the world's device (the mother's)
+    writes for her (201/200), is refused another person as the subject
+    (403, nothing written), gets 400 for what is not the format, and 405
+    for GET."""
+    bodies = _device_bodies(world, route)
+    for persona in PERSONAS:
+        for token in _auth_modes(persona):
+            for verb in ("GET", "POST"):
+                for body, _status in bodies.values():
+                    c = Call(persona, verb, route, token)
+                    response = call(world, c, body=body if verb == "POST" else None)
+                    if persona in NEEDS_MFA and not token:
+                        # Their sessions go to MFA set-up first, as on any
+                        # page outside MFA_EXEMPT: no device answer at all.
+                        out.status(response, c, 302)
+                        _check_turned_away(world, page(AUTH), c, response, out)
+                    else:
+                        out.status(response, c, 401)
+                    out.expect(not phi_in(world, response), c, "patient data")
+                    if verb == "GET":
+                        break
+    mother = world.patients["mother_patient"].pk
+    secret = world.ids["device_token"]
+    for name, (body, status) in bodies.items():
+        where = f"POST /{route} as the mother's device ({name})"
+        response, patients = _device_request(world, "POST", route, body, secret)
+        out.status(response, where, status)  # type: ignore[arg-type]
+        wanted = {mother} if status in (200, 201) else set()
+        out.expect(patients == wanted, where, f"wrote records of {_names_of(world, patients)}")
+        out.expect(not phi_in(world, response), where, "patient data")
+    where = f"GET /{route} as the mother's device"
+    response, _ = _device_request(world, "GET", route, None, secret)
+    out.status(response, where, 405)  # type: ignore[arg-type]
+    where = f"POST /{route} with a revoked device token"
+    with transaction.atomic():
+        from vitals.models import Device
+
+        Device.objects.filter(pk=world.ids["device"]).update(revoked_at=timezone.now())
+        response, patients = _device_request(world, "POST", route, bodies["own"][0], secret)
+        transaction.set_rollback(True)
+    out.status(response, where, 401)  # type: ignore[arg-type]
+    out.expect(not patients, where, "wrote records")
+    if route.endswith("Observation"):
+        # The device's token opens nothing else: not the FHIR API (401),
+        # not a page of its person (a visitor without a session: login).
+        for url, status in (
+            ("fhir/Observation", 401),
+            (f"fhir/Patient/{mother}", 401),
+            (f"vitals/{mother}/", 302),
+            (f"vitals/charts/{mother}/data.json", 302),
+        ):
+            where = f"GET /{url} with the mother's device token"
+            response, _ = _device_request(world, "GET", url, None, secret)
+            out.status(response, where, status)  # type: ignore[arg-type]
+            out.expect(not phi_in(world, response), where, "patient data")
 
 
 def check_fhir_everything(world: World, route: str, rule: Rule, out: Failures) -> None:
