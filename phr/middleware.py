@@ -113,7 +113,7 @@ class StaffMfaSetupMiddleware:
     session is logged out before anything else happens.
     """
 
-    EXEMPT_PREFIXES = ("/accounts/", "/i18n/", "/fhir/", "/api/")
+    EXEMPT_PREFIXES = ("/accounts/", "/i18n/", "/fhir/", "/api/", "/vitals/devices/api/")
 
     def __init__(self, get_response: Handler) -> None:
         self.get_response = get_response
