@@ -58,4 +58,5 @@ def test_the_page_asks_as_many_queries_for_a_big_record_as_for_a_small_one(
             few = _queries(client, reverse(name, args=[small.pk]))
             many = _queries(client, reverse(name, args=[big.pk]))
             assert few == many, (name, few, many)
-            assert many <= 15, many
+            # 14 for the handbook itself + the vitals alert banner's (issue 7).
+            assert many <= 16, many
