@@ -159,6 +159,19 @@ IMPORT_PARTITIONS = env_int("IMPORT_PARTITIONS", 2, minimum=1)
 # upload, in MB (vitals/import_views.py).
 APPLE_HEALTH_UPLOAD_MAX_MB = env_int("APPLE_HEALTH_UPLOAD_MAX_MB", 4096, minimum=1)
 
+# Research releases (docs/decisions/0022-research.md). The key behind every
+# project's pseudonyms: with the project's salt (in the database) it makes
+# the pid of a release; a database copy without this key cannot recompute
+# them.
+# Unset, it is derived from SECRET_KEY (sharing/anonymize.py).
+RESEARCH_PSEUDONYM_KEY = env_str("RESEARCH_PSEUDONYM_KEY", "") or ""
+# A release never narrows a birth date (or a pregnancy's start) to fewer
+# days than this.
+RESEARCH_MIN_DATE_CANDIDATES = env_int("RESEARCH_MIN_DATE_CANDIDATES", 14, minimum=1)
+# Download links of a release: days valid and uses allowed.
+RESEARCH_DOWNLOAD_DAYS = env_int("RESEARCH_DOWNLOAD_DAYS", 7, minimum=1)
+RESEARCH_DOWNLOAD_USES = env_int("RESEARCH_DOWNLOAD_USES", 3, minimum=1)
+
 if REDIS_URL:
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}

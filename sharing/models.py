@@ -355,3 +355,238 @@ class GuardianInvitation(models.Model):
     @property
     def status(self) -> str:
         return self.status_at()
+
+
+# --------------------------------------------------------------------------
+# Research (docs/decisions/0022-research.md): projects, their approvals,
+# the families' research choices, exports and their download links.
+# --------------------------------------------------------------------------
+
+
+class CohortKind(models.TextChoices):
+    PREGNANCY = "pregnancy", _("pregnancies (mothers)")
+    CHILD = "child", _("children")
+    BOTH = "both", _("pregnancies and children")
+
+
+class ResearchProject(models.Model):
+    """A research institution's application for anonymized data.
+
+    The researcher applies; a platform admin or a municipal privacy
+    officer approves (setting the expiry) or rejects; a second, different
+    approver must approve before the first export (two-person rule). What
+    an export may contain is bounded by what was approved here."""
+
+    class Status(models.TextChoices):
+        SUBMITTED = "submitted", _("under review")
+        APPROVED = "approved", _("approved")
+        REJECTED = "rejected", _("rejected")
+        WITHDRAWN = "withdrawn", _("withdrawn")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        "phr.Organization", models.PROTECT, related_name="research_projects"
+    )
+    applicant = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.PROTECT, related_name="research_projects"
+    )
+    title = models.CharField(_("title"), max_length=200)
+    ethics_approval_number = models.CharField(_("ethics approval number"), max_length=100)
+    purpose = models.TextField(_("purpose"))
+    categories = ArrayField(models.CharField(max_length=32, choices=Category.choices))
+    cohort_kind = models.CharField(
+        _("cohort"), max_length=16, choices=CohortKind.choices, default=CohortKind.BOTH
+    )
+    # the municipalities whose residents the project may receive
+    municipalities = models.ManyToManyField(
+        "phr.Organization", related_name="research_projects_covering"
+    )
+    birth_year_from = models.PositiveSmallIntegerField(_("birth year from"))
+    birth_year_to = models.PositiveSmallIntegerField(_("birth year to"))
+    # the period of the data (events) the project may receive
+    period_start = models.DateField(_("data from"))
+    period_end = models.DateField(_("data until"))
+    # k of k-anonymity: 5 under a data-use agreement, 10 when published
+    publish = models.BooleanField(_("results will be published as data"), default=False)
+    k = models.PositiveSmallIntegerField(default=5)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.SUBMITTED
+    )
+    # set by the first approval; exports after this day are refused
+    expires_on = models.DateField(_("approval expires on"), null=True, blank=True)
+    # per-project salt of the pseudonym key (sharing/research_export.py):
+    # random, never shown, never reused by another project
+    pseudonym_salt = models.BinaryField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(birth_year_to__gte=F("birth_year_from")),
+                name="sharing_research_birth_years",
+            ),
+            models.CheckConstraint(
+                condition=Q(period_end__gte=F("period_start")),
+                name="sharing_research_period",
+            ),
+            models.CheckConstraint(
+                condition=~Q(categories=[]), name="sharing_research_some_categories"
+            ),
+            models.CheckConstraint(condition=Q(k__gte=2), name="sharing_research_k"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="sharing_research_org"),
+            models.Index(fields=["status", "-created_at"], name="sharing_research_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ResearchApproval(models.Model):
+    """One reviewer's decision on a project. Two approvals by two different
+    people (neither the applicant) are needed before an export."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", _("approve")
+        REJECT = "reject", _("reject")
+
+    project = models.ForeignKey(ResearchProject, models.CASCADE, related_name="approvals")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="+")
+    # "admin" or "privacy_officer", with the municipality for the latter
+    reviewer_role = models.CharField(max_length=24)
+    organization = models.ForeignKey(
+        "phr.Organization", models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    expires_on = models.DateField(null=True, blank=True)
+    note = models.TextField(_("note"), blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "reviewer"], name="sharing_research_approval_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id}: {self.decision} by {self.reviewer_id}"
+
+
+class ResearchRegime(models.Model):
+    """How a municipality's residents take part in research: opt-in (the
+    default when no row exists) or opt-out (a published notice and the
+    right to refuse; docs/decisions/0022-research.md gives the legal
+    basis)."""
+
+    class Kind(models.TextChoices):
+        OPT_IN = "opt_in", _("opt-in (consent needed)")
+        OPT_OUT = "opt_out", _("opt-out (notice and the right to refuse)")
+
+    municipality = models.OneToOneField(
+        "phr.Organization", models.CASCADE, related_name="research_regime"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.OPT_IN)
+    legal_basis = models.TextField(_("legal basis"), blank=True)
+    notice_url = models.URLField(_("public notice"), blank=True)
+    # opt-out applies only from the day the notice was published
+    notice_published_on = models.DateField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.municipality_id}: {self.kind}"
+
+
+class ResearchChoice(models.Model):
+    """A family's research choice for one patient and one category: to
+    take part or to refuse. Rows are never updated: the newest per
+    (patient, category) is in force, and the older ones are the history.
+    Without any row the municipality's regime decides."""
+
+    class Choice(models.TextChoices):
+        CONSENT = "consent", _("take part")
+        REFUSE = "refuse", _("do not take part")
+
+    patient = models.ForeignKey("phr.Patient", models.CASCADE, related_name="research_choices")
+    category = models.CharField(max_length=32, choices=Category.choices)
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="+")
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["patient", "category", "-decided_at"], name="sharing_research_choice"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.patient_id} {self.category}: {self.choice}"
+
+
+class ResearchExport(models.Model):
+    """One export run of an approved project: its filters (within the
+    approval), the job that builds it, the files and the release report."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("ready")
+        REFUSED = "refused", _("refused")
+        FAILED = "failed", _("failed")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(ResearchProject, models.PROTECT, related_name="exports")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="+")
+    job = models.ForeignKey("phr.Job", models.SET_NULL, null=True, blank=True, related_name="+")
+    # {"birth_year_from", "birth_year_to", "municipalities": [org ids],
+    #  "cohort_kind", "categories": [...], "formats": ["csv", "ndjson"]}
+    filters = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # why it was refused or failed, for the researcher (ja and en)
+    reason = models.TextField(blank=True)
+    # the release report (cohort size, k, suppression, files and SHA-256)
+    report = models.JSONField(default=dict)
+    # folder under MEDIA_ROOT/research/ holding the files
+    directory = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["project", "-created_at"], name="sharing_research_export"),
+        ]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} of {self.project_id} ({self.status})"
+
+
+class ResearchDownload(models.Model):
+    """A download link for one export: only the project's researchers may
+    use it, it expires (7 days by default) and has a number of uses.
+    Only the SHA-256 of the link's token is stored."""
+
+    export = models.ForeignKey(ResearchExport, models.CASCADE, related_name="downloads")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.PROTECT, related_name="+")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    max_uses = models.PositiveSmallIntegerField(default=3)
+    uses = models.PositiveSmallIntegerField(default=0)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(uses__lte=F("max_uses")), name="sharing_research_download_uses"
+            ),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=F("created_at")),
+                name="sharing_research_download_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"download {self.pk} of {self.export_id}"
