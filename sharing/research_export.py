@@ -4,30 +4,1072 @@ The job `research.export` loads a ResearchExport, asks sharing.research
 whether the export is still allowed, takes the cohort from the one
 access-policy point (sharing.access.research_cohort) and builds the
 release with build_release(): CSV tables, FHIR NDJSON in the Bulk Data
-layout, a release report and a zip of them, in a fresh `<dir>.partial`
+layout, a release report and a zip of them, in a fresh `<dir>.partial-…`
 folder renamed into place at the end, so nothing half-written is served.
+
+How a release is built:
+
+1. The persons (small: one row per person) are read into Python — only
+   kind, sex, birth date, the municipality of residence and the child's
+   birth items — and k-anonymized by global recoding (sharing.anonymize).
+2. The released persons (pseudonym, birth date, kind, categories), their
+   pregnancies (due date) and the whitelist of items go into temporary
+   tables.
+3. Each event table is one SQL query over phr_resource joined to them,
+   computing ages and gestational weeks in SQL. The (weeks, calendar year)
+   pairs of every person are streamed once through the date floor, which
+   writes the pairs whose year must be blanked into another temporary
+   table; then each table is streamed with COPY … TO STDOUT straight into
+   its file (CSV, and NDJSON built by jsonb_build_object), never held in
+   memory.
+4. Every file is hashed by re-reading it in chunks; the report and the zip
+   close the release.
+
+Only whitelisted fields are read into rows: codes, numbers, dates turned
+into weeks. Names, kana, identifiers, addresses, notes and the store's ids
+never reach a query's select list.
 """
+
+# The SQL below is assembled from this module's own constants (item keys,
+# code systems, the time zone setting); every value from a request or the
+# data is a bound parameter.
+# ruff: noqa: S608
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
 import logging
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
-from datetime import datetime
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
+from django.db import connection, transaction
+from django.utils import timezone, translation
+from django.utils.translation import gettext
+
+from phr import terminology
+from sharing import anonymize
 
 logger = logging.getLogger(__name__)
 
 JOB_KIND = "research.export"
 
+LOCAL = terminology.LOCAL
+LOINC = terminology.LOINC
+UCUM = terminology.UCUM
+VACCINE_SYSTEM = "https://hagukumi.jp/fhir/CodeSystem/vaccine"
+CHECKUP_TYPE_SYSTEM = "https://hagukumi.jp/fhir/CodeSystem/infant-checkup"
+EPISODE_TYPE_SYSTEM = "https://hagukumi.jp/fhir/CodeSystem/episode-type"
+EXTENSION = "https://hagukumi.jp/fhir/StructureDefinition/research-"
+
+# Items that never leave: free text, dates, and the birth items that are
+# quasi-identifiers (released only banded, in persons.csv).
+TEXT_UNITS = frozenset({"text", "date"})
+BIRTH_ITEMS = ("birth_weight", "gestational_age", "gestational_age_days")
+PREGNANCY_ITEMS = ("gestational_age", "gestational_age_days", "edd")
+
+CSV_COLUMNS: dict[str, tuple[str, ...]] = {
+    "persons": (
+        "pid",
+        "kind",
+        "sex",
+        "birth_ym",
+        "area",
+        "birth_weight_band",
+        "gestational_weeks_at_birth",
+        "babies",
+    ),
+    "pregnancies": (
+        "pid",
+        "pregnancy_no",
+        "calendar_year",
+        "outcome",
+        "gestational_weeks_at_delivery",
+        "babies",
+        "delivery_mode",
+    ),
+    "prenatal_visits": (
+        "pid",
+        "pregnancy_no",
+        "gestational_weeks",
+        "calendar_year",
+        "item",
+        "value",
+        "unit",
+    ),
+    "infant_checkups": (
+        "pid",
+        "age_weeks",
+        "calendar_year",
+        "checkup",
+        "item",
+        "value",
+        "unit",
+    ),
+    "vaccinations": ("pid", "vaccine", "dose", "age_weeks", "calendar_year"),
+    "vitals_weekly": (
+        "pid",
+        "item",
+        "unit",
+        "age_weeks",
+        "gestational_weeks",
+        "calendar_year",
+        "n",
+        "mean",
+        "min",
+        "max",
+    ),
+}
+
 
 class CohortTooSmall(Exception):
     """k cannot be reached: the export is refused with this message."""
+
+
+# --------------------------------------------------------------------------
+# Persons and pregnancies (small, in Python)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Pregnancy:
+    mother: uuid.UUID
+    start: date | None
+    end: date | None
+    active: bool
+    due: date | None = None
+    delivered_on: date | None = None
+    weeks_at_delivery: int | None = None
+    babies: int | None = None
+    delivery_mode: str = ""
+    number: int = 0
+    # the date floor blanked the calendar year of this row
+    year_blanked: bool = False
+
+    @property
+    def lmp(self) -> date | None:
+        return anonymize.last_menstrual_period(self.due) if self.due else self.start
+
+    @property
+    def window(self) -> tuple[date, date] | None:
+        """The days whose events belong to this pregnancy."""
+        lmp = self.lmp
+        if lmp is None:
+            return None
+        first = min(lmp, self.start) if self.start else lmp
+        last = self.delivered_on or self.end or lmp + timedelta(days=315)
+        return first, max(last, first)
+
+    @property
+    def outcome(self) -> str:
+        if self.delivered_on is not None:
+            return "delivered"
+        return "ongoing" if self.active else "ended"
+
+    @property
+    def event(self) -> tuple[int, int] | None:
+        """(weeks, year) this row releases: the delivery, else the start."""
+        if self.delivered_on is not None and self.weeks_at_delivery is not None:
+            return self.weeks_at_delivery, self.delivered_on.year
+        if self.lmp is not None:
+            return 0, self.lmp.year
+        return None
+
+
+@dataclass
+class Person:
+    patient_id: uuid.UUID
+    kind: str  # mother | child
+    sex: str
+    birth: date
+    municipality: str
+    categories: frozenset[str]
+    birth_weight: int | None = None
+    gestational_weeks: int | None = None
+    babies: int | None = None
+    pregnancies: list[Pregnancy] = field(default_factory=list)
+    pid: str = ""
+
+    def qi(self) -> anonymize.QiRecord:
+        return anonymize.QiRecord(
+            key=self.patient_id,
+            kind=self.kind,
+            sex=self.sex,
+            birth_date=self.birth,
+            municipality=self.municipality,
+            birth_weight=self.birth_weight,
+            gestational_weeks=self.gestational_weeks,
+            babies=self.babies,
+            pregnancies=tuple(
+                (p.weeks_at_delivery, p.babies)
+                for p in self.pregnancies
+                if "pregnancy" in self.categories
+            ),
+        )
+
+
+SEXES = frozenset({"male", "female", "other", "unknown"})
+
+
+def _date(text: Any) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(str(text)[:10])
+    except ValueError:
+        return None
+
+
+def _tz() -> str:
+    return settings.TIME_ZONE
+
+
+def _day_sql(column: str = "r.date_start") -> str:
+    return f"({column} AT TIME ZONE '{_tz()}')::date"
+
+
+def _load_persons(
+    cohort: dict[uuid.UUID, frozenset[str]],
+    *,
+    municipality_ids: list[int],
+    at: datetime,
+) -> tuple[list[Person], int]:
+    """The cohort's persons with a birth date: kind, sex, birth date,
+    municipality of residence and (children) the birth items. Returns the
+    persons and how many had no birth date (left out)."""
+    ids = [str(i) for i in cohort]
+    today = timezone.localdate(at)
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pt.id, pt.kind, res.content->>'gender', res.content->>'birthDate' "
+            "FROM phr_patient pt JOIN phr_resource res ON res.id = pt.id "
+            "AND res.resource_type = 'Patient' AND NOT res.deleted "
+            "WHERE pt.id = ANY(%s::uuid[]) AND pt.merged_into_id IS NULL",
+            [ids],
+        )
+        rows = cur.fetchall()
+        cur.execute(
+            "SELECT DISTINCT ON (r.patient_id) r.patient_id, o.code "
+            "FROM phr_residency r JOIN phr_organization o ON o.id = r.municipality_id "
+            "WHERE r.patient_id = ANY(%s::uuid[]) AND r.valid_from <= %s "
+            "ORDER BY r.patient_id, (r.municipality_id = ANY(%s)) DESC, "
+            "(r.valid_to IS NULL OR r.valid_to >= %s) DESC, r.valid_from DESC",
+            [ids, today, municipality_ids or [0], today],
+        )
+        municipality = {row[0]: row[1] for row in cur.fetchall()}
+    persons: list[Person] = []
+    missing = 0
+    for patient_id, kind, gender, birth_text in rows:
+        birth = _date(birth_text)
+        if birth is None:
+            missing += 1
+            continue
+        persons.append(
+            Person(
+                patient_id=patient_id,
+                kind="child" if kind == "child" else "mother",
+                sex=gender if gender in SEXES else "unknown",
+                birth=birth,
+                municipality=municipality.get(patient_id, ""),
+                categories=cohort[patient_id],
+            )
+        )
+    _load_birth_items([p for p in persons if p.kind == "child"])
+    return persons, missing
+
+
+def _item_token(key: str) -> str:
+    coding = terminology.item(key).coding
+    return f"{coding['system']}|{coding['code']}"
+
+
+def _load_birth_items(children: list[Person]) -> None:
+    """Birth weight, gestational weeks at birth (the child's own records,
+    category infant_checkups) and the number of babies of the birth (the
+    mother's delivery record, found through the child's guardians)."""
+    if not children:
+        return
+    by_id = {p.patient_id: p for p in children}
+    ids = [str(i) for i in by_id]
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT ON (s.patient_id, r.tokens @> ARRAY[%s]) s.patient_id, "
+            "r.tokens @> ARRAY[%s], "
+            "(r.content->'valueQuantity'->>'value')::numeric "
+            "FROM phr_resource r CROSS JOIN LATERAL unnest(r.compartments) AS s(patient_id) "
+            "WHERE r.resource_type = 'Observation' AND NOT r.deleted "
+            "AND r.category = 'infant_checkups' AND s.patient_id = ANY(%s::uuid[]) "
+            "AND r.tokens && ARRAY[%s, %s] "
+            "AND jsonb_typeof(r.content->'valueQuantity'->'value') = 'number' "
+            "ORDER BY s.patient_id, r.tokens @> ARRAY[%s], r.date_start",
+            [
+                _item_token("birth_weight"),
+                _item_token("birth_weight"),
+                ids,
+                _item_token("birth_weight"),
+                _item_token("gestational_age"),
+                _item_token("birth_weight"),
+            ],
+        )
+        for patient_id, is_weight, value in cur.fetchall():
+            if is_weight:
+                by_id[patient_id].birth_weight = int(value)
+            else:
+                by_id[patient_id].gestational_weeks = int(value)
+        cur.execute(
+            "SELECT g.child_id, " + _day_sql() + ", (r.content->>'valueInteger')::int "
+            "FROM phr_guardianship g JOIN phr_patient m ON m.account_id = g.guardian_id "
+            "JOIN phr_resource r ON r.compartments @> ARRAY[m.id] "
+            "AND r.resource_type = 'Observation' AND NOT r.deleted "
+            "AND r.tokens @> ARRAY[%s] "
+            "AND jsonb_typeof(r.content->'valueInteger') = 'number' "
+            "WHERE g.child_id = ANY(%s::uuid[])",
+            [_item_token("birth_count"), ids],
+        )
+        for child_id, day, count in cur.fetchall():
+            child = by_id[child_id]
+            if day == child.birth:
+                child.babies = count
+
+
+def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> None:
+    """Each mother's pregnancies within the period, with the due date (on
+    the episode, else the latest estimate recorded during it, else the
+    start + 280 days) and the delivery (gestational weeks, babies, mode),
+    numbered 1, 2, … in order."""
+    from phr.selectors import _due_date_in_extensions
+
+    if not mothers:
+        return
+    by_id = {p.patient_id: p for p in mothers}
+    ids = [str(i) for i in by_id]
+    found: dict[uuid.UUID, list[Pregnancy]] = {}
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT r.content->'patient'->>'reference', r.status, "
+            "r.content->'period'->>'start', r.content->'period'->>'end', "
+            "r.content->'extension' "
+            "FROM phr_resource r CROSS JOIN LATERAL unnest(r.compartments) AS s(patient_id) "
+            "WHERE r.resource_type = 'EpisodeOfCare' AND NOT r.deleted "
+            "AND s.patient_id = ANY(%s::uuid[]) "
+            'AND r.content->\'type\' @> \'[{"coding": [{"code": "pregnancy"}]}]\'::jsonb',
+            [ids],
+        )
+        for reference, status, start, end, extension in cur.fetchall():
+            try:
+                mother = uuid.UUID(str(reference or "").removeprefix("Patient/"))
+            except ValueError:
+                continue
+            if mother not in by_id:
+                continue
+            content = {"extension": extension if isinstance(extension, list) else []}
+            found.setdefault(mother, []).append(
+                Pregnancy(
+                    mother=mother,
+                    start=_date(start),
+                    end=_date(end),
+                    active=status == "active",
+                    due=_due_date_in_extensions(content),
+                )
+            )
+        cur.execute(
+            "SELECT s.patient_id, " + _day_sql() + ", r.tokens, "
+            "r.content->>'valueDateTime', (r.content->'valueQuantity'->>'value')::numeric, "
+            "r.content->>'valueInteger', "
+            "r.content->'valueCodeableConcept'->'coding'->0->>'code' "
+            "FROM phr_resource r CROSS JOIN LATERAL unnest(r.compartments) AS s(patient_id) "
+            "WHERE r.resource_type = 'Observation' AND NOT r.deleted "
+            "AND r.category = 'pregnancy' AND s.patient_id = ANY(%s::uuid[]) "
+            "AND r.tokens && %s ORDER BY r.date_start",
+            [
+                ids,
+                [
+                    _item_token(k)
+                    for k in ("edd", "gestational_age", "birth_count", "delivery_mode")
+                ],
+            ],
+        )
+        observations = cur.fetchall()
+    tokens = {_item_token(k): k for k in ("edd", "gestational_age", "birth_count", "delivery_mode")}
+    edd: dict[uuid.UUID, list[tuple[date, date]]] = {}
+    delivery: list[tuple[uuid.UUID, date, str, Any]] = []
+    for mother, day, row_tokens, due_text, quantity, integer, code in observations:
+        key = next((tokens[t] for t in row_tokens if t in tokens), None)
+        if key is None or day is None:
+            continue
+        if key == "edd":
+            due = _date(due_text)
+            if due:
+                edd.setdefault(mother, []).append((day, due))
+        elif key == "gestational_age" and quantity is not None:
+            delivery.append((mother, day, key, int(quantity)))
+        elif key == "birth_count" and integer is not None:
+            delivery.append((mother, day, key, int(integer)))
+        elif key == "delivery_mode" and code:
+            delivery.append((mother, day, key, str(code)))
+    for mother, pregnancies in found.items():
+        for pregnancy in pregnancies:
+            if pregnancy.due is None:
+                during = [
+                    due
+                    for recorded, due in edd.get(mother, [])
+                    if (pregnancy.start is None or recorded >= pregnancy.start)
+                    and (pregnancy.end is None or recorded <= pregnancy.end)
+                ]
+                if during:
+                    pregnancy.due = during[-1]
+                elif pregnancy.start:
+                    pregnancy.due = pregnancy.start + timedelta(days=anonymize.FULL_TERM_DAYS)
+        for who, day, key, value in delivery:
+            if who != mother:
+                continue
+            for pregnancy in pregnancies:
+                window = pregnancy.window
+                if window is None or not window[0] <= day <= window[1] + timedelta(days=7):
+                    continue
+                pregnancy.delivered_on = day
+                if key == "gestational_age":
+                    pregnancy.weeks_at_delivery = value
+                elif key == "birth_count":
+                    pregnancy.babies = value
+                else:
+                    pregnancy.delivery_mode = value
+                break
+        kept = []
+        for pregnancy in pregnancies:
+            window = pregnancy.window
+            if window is None or window[0] > period[1] or window[1] < period[0]:
+                continue
+            if pregnancy.delivered_on and pregnancy.weeks_at_delivery is None:
+                lmp = pregnancy.lmp
+                if lmp is not None:
+                    pregnancy.weeks_at_delivery = anonymize.completed_weeks(
+                        lmp, pregnancy.delivered_on
+                    )
+            kept.append(pregnancy)
+        kept.sort(key=lambda p: p.lmp or date.min)
+        for number, pregnancy in enumerate(kept, start=1):
+            pregnancy.number = number
+        by_id[mother].pregnancies = kept
+
+
+# --------------------------------------------------------------------------
+# The event tables (SQL)
+# --------------------------------------------------------------------------
+
+ITEM_LATERAL = """
+CROSS JOIN LATERAL (
+    SELECT i.key, i.system AS item_system, i.code AS item_code,
+           coalesce(x.v->'valueQuantity'->>'value', x.v->>'valueInteger',
+                    x.v->'valueCodeableConcept'->'coding'->0->>'code',
+                    x.v->>'valueBoolean') AS value,
+           x.v->'valueQuantity'->>'comparator' AS comparator,
+           CASE WHEN x.v ? 'valueQuantity' THEN coalesce(x.v->'valueQuantity'->>'code', i.unit)
+                WHEN x.v ? 'valueInteger' THEN i.unit ELSE '' END AS unit,
+           x.v->'valueCodeableConcept'->'coding'->0->>'system' AS value_system,
+           CASE WHEN x.v ? 'valueQuantity' THEN 'q' WHEN x.v ? 'valueInteger' THEN 'i'
+                WHEN x.v ? 'valueBoolean' THEN 'b' ELSE 'c' END AS vtype
+    FROM (
+        SELECT r.content AS v, r.content->'code'->'coding'->0 AS c
+        UNION ALL
+        SELECT comp, comp->'code'->'coding'->0
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.content->'component') = 'array'
+                                       THEN r.content->'component' ELSE '[]'::jsonb END) comp
+    ) x
+    JOIN rx_item i ON i.token = (x.c->>'system') || '|' || (x.c->>'code')
+) m
+"""
+
+SUBJECT_JOIN = """
+CROSS JOIN LATERAL unnest(r.compartments) AS s(patient_id)
+JOIN rx_person p ON p.patient_id = s.patient_id
+CROSS JOIN LATERAL (SELECT {day} AS day) d
+"""
+
+
+def _exclude(keys: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{k}'" for k in keys) + ")"
+
+
+def _prenatal_base() -> str:
+    return f"""
+SELECT p.patient_id, p.pid, g.pregnancy_no, (d.day - g.lmp) / 7 AS weeks,
+       extract(year FROM d.day)::int AS year, m.*
+FROM phr_resource r
+{SUBJECT_JOIN.format(day=_day_sql())}
+JOIN rx_preg g ON g.patient_id = p.patient_id AND d.day BETWEEN g.first_day AND g.last_day
+                AND d.day >= g.lmp
+{ITEM_LATERAL}
+WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
+  AND r.category = 'prenatal_checkups' AND 'prenatal_checkups' = ANY(p.cats)
+  AND d.day BETWEEN %(period_start)s AND %(period_end)s
+  AND m.value IS NOT NULL AND m.key NOT IN {_exclude(PREGNANCY_ITEMS)}
+"""
+
+
+def _infant_base() -> str:
+    return f"""
+SELECT p.patient_id, p.pid, 0 AS pregnancy_no, (d.day - p.birth) / 7 AS weeks,
+       extract(year FROM d.day)::int AS year,
+       CASE WHEN e.content->'type'->0->'coding'->0->>'system' = '{CHECKUP_TYPE_SYSTEM}'
+            THEN e.content->'type'->0->'coding'->0->>'code'
+            WHEN d.day = p.birth THEN 'birth' ELSE '' END AS checkup,
+       m.*
+FROM phr_resource r
+{SUBJECT_JOIN.format(day=_day_sql())}
+LEFT JOIN phr_resource e ON e.resource_type = 'Encounter'
+     AND r.content->'encounter'->>'reference' ~ '^Encounter/[0-9a-f-]{{36}}$'
+     AND e.id = substr(r.content->'encounter'->>'reference', 11)::uuid
+{ITEM_LATERAL}
+WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
+  AND r.category = 'infant_checkups' AND 'infant_checkups' = ANY(p.cats)
+  AND p.kind = 'child' AND d.day >= p.birth
+  AND d.day BETWEEN %(period_start)s AND %(period_end)s
+  AND m.value IS NOT NULL AND m.key NOT IN {_exclude(BIRTH_ITEMS)}
+"""
+
+
+def _vaccination_base() -> str:
+    return f"""
+SELECT p.patient_id, p.pid, 0 AS pregnancy_no, (d.day - p.birth) / 7 AS weeks,
+       extract(year FROM d.day)::int AS year,
+       r.content->'vaccineCode'->'coding'->0->>'code' AS vaccine,
+       coalesce(r.content->'protocolApplied'->0->>'doseNumberPositiveInt',
+                r.content->'protocolApplied'->0->>'doseNumberString', '') AS dose
+FROM phr_resource r
+{SUBJECT_JOIN.format(day=_day_sql())}
+WHERE r.resource_type = 'Immunization' AND NOT r.deleted AND r.sensitivity = 'normal'
+  AND r.category = 'vaccinations' AND 'vaccinations' = ANY(p.cats)
+  AND coalesce(r.content->>'status', 'completed') = 'completed'
+  AND r.content->'vaccineCode'->'coding'->0->>'system' = '{VACCINE_SYSTEM}'
+  AND d.day >= p.birth AND d.day BETWEEN %(period_start)s AND %(period_end)s
+"""
+
+
+def _vitals_base() -> str:
+    return f"""
+SELECT p.patient_id, p.pid, coalesce(g.pregnancy_no, 0) AS pregnancy_no,
+       CASE WHEN g.pregnancy_no IS NULL THEN (d.day - p.birth) / 7
+            ELSE (d.day - g.lmp) / 7 END AS weeks,
+       extract(year FROM d.day)::int AS year, m.*
+FROM phr_resource r
+{SUBJECT_JOIN.format(day=_day_sql())}
+LEFT JOIN rx_preg g ON g.patient_id = p.patient_id AND d.day BETWEEN g.first_day AND g.last_day
+                    AND d.day >= g.lmp
+{ITEM_LATERAL}
+WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
+  AND r.category = 'vitals' AND 'vitals' = ANY(p.cats) AND d.day >= p.birth
+  AND d.day BETWEEN %(period_start)s AND %(period_end)s
+  AND m.vtype IN ('q', 'i') AND m.comparator IS NULL
+  AND m.value ~ '^-?[0-9]+(\\.[0-9]+)?$'
+"""
+
+
+BLANK_JOIN = """
+LEFT JOIN rx_blank b ON b.patient_id = e.patient_id AND b.pregnancy_no = e.pregnancy_no
+                     AND b.weeks = e.weeks AND b.year = e.year
+"""
+YEAR = "CASE WHEN b.patient_id IS NULL THEN e.year END"
+
+
+def _csv_sql(table: str) -> str:
+    if table == "prenatal_visits":
+        return f"""
+SELECT e.pid, e.pregnancy_no, e.weeks AS gestational_weeks, {YEAR} AS calendar_year,
+       e.key AS item, coalesce(e.comparator, '') || e.value AS value, e.unit
+FROM ({_prenatal_base()}) e {BLANK_JOIN}"""
+    if table == "infant_checkups":
+        return f"""
+SELECT e.pid, e.weeks AS age_weeks, {YEAR} AS calendar_year, e.checkup,
+       e.key AS item, coalesce(e.comparator, '') || e.value AS value, e.unit
+FROM ({_infant_base()}) e {BLANK_JOIN}"""
+    if table == "vaccinations":
+        return f"""
+SELECT e.pid, e.vaccine, e.dose, e.weeks AS age_weeks, {YEAR} AS calendar_year
+FROM ({_vaccination_base()}) e {BLANK_JOIN}"""
+    if table == "vitals_weekly":
+        return f"""
+SELECT e.pid, e.key AS item, e.unit,
+       CASE WHEN e.pregnancy_no = 0 THEN e.weeks END AS age_weeks,
+       CASE WHEN e.pregnancy_no > 0 THEN e.weeks END AS gestational_weeks,
+       {YEAR} AS calendar_year, count(*) AS n,
+       round(avg(e.value::numeric), 2) AS mean, min(e.value::numeric) AS min,
+       max(e.value::numeric) AS max
+FROM ({_vitals_base()}) e {BLANK_JOIN}
+GROUP BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, {YEAR}"""
+    raise ValueError(table)
+
+
+def _ext(name: str, kind: str, expression: str) -> str:
+    return f"jsonb_build_object('url', '{EXTENSION}{name}', '{kind}', {expression})"
+
+
+def _ext_list(parts: list[tuple[str, str, str, str | None]]) -> str:
+    """A jsonb array of extensions; those whose condition is false are left out."""
+    pieces = []
+    for name, kind, expression, condition in parts:
+        one = f"jsonb_build_array({_ext(name, kind, expression)})"
+        pieces.append(
+            one if condition is None else f"CASE WHEN {condition} THEN {one} ELSE '[]'::jsonb END"
+        )
+    return " || ".join(pieces)
+
+
+VALUE_JSON = f"""
+CASE e.vtype
+  WHEN 'q' THEN jsonb_build_object('valueQuantity', jsonb_strip_nulls(jsonb_build_object(
+       'value', e.value::numeric, 'comparator', e.comparator, 'unit', e.unit,
+       'system', '{UCUM}', 'code', e.unit)))
+  WHEN 'i' THEN jsonb_build_object('valueInteger', e.value::bigint)
+  WHEN 'b' THEN jsonb_build_object('valueBoolean', e.value::boolean)
+  ELSE jsonb_build_object('valueCodeableConcept', jsonb_build_object('coding', jsonb_build_array(
+       jsonb_strip_nulls(jsonb_build_object('system', e.value_system, 'code', e.value)))))
+END"""
+
+
+def _observation_json(category: str, tag: str, extensions: str) -> str:
+    return f"""
+(jsonb_build_object(
+    'resourceType', 'Observation',
+    'id', e.pid || '-{tag}-' || row_number() OVER (),
+    'status', 'final',
+    'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(
+        jsonb_build_object('system', '{terminology.CATEGORY_SYSTEM}', 'code', '{category}')))),
+    'code', jsonb_build_object('coding', jsonb_build_array(
+        jsonb_build_object('system', e.item_system, 'code', e.item_code))),
+    'subject', jsonb_build_object('reference', 'Patient/' || e.pid),
+    'extension', {extensions}
+) || {VALUE_JSON})::text"""
+
+
+def _ndjson_sql(part: str) -> str:
+    year = ("calendar-year", "valueInteger", YEAR, "b.patient_id IS NULL")
+    if part == "prenatal":
+        ext = _ext_list(
+            [
+                ("pregnancy-number", "valueInteger", "e.pregnancy_no", None),
+                ("gestational-weeks", "valueInteger", "e.weeks", None),
+                year,
+            ]
+        )
+        select = _observation_json("prenatal_checkups", "pv", ext)
+        return f"SELECT {select} FROM ({_prenatal_base()}) e {BLANK_JOIN}"
+    if part == "infant":
+        ext = _ext_list(
+            [
+                ("age-weeks", "valueInteger", "e.weeks", None),
+                year,
+                ("checkup", "valueCode", "e.checkup", "e.checkup <> ''"),
+            ]
+        )
+        select = _observation_json("infant_checkups", "ic", ext)
+        return f"SELECT {select} FROM ({_infant_base()}) e {BLANK_JOIN}"
+    if part == "vitals":
+        ext = _ext_list(
+            [
+                ("age-weeks", "valueInteger", "e.weeks", "e.pregnancy_no = 0"),
+                ("gestational-weeks", "valueInteger", "e.weeks", "e.pregnancy_no > 0"),
+                ("calendar-year", "valueInteger", "e.year", "e.year IS NOT NULL"),
+                ("weekly-count", "valueInteger", "e.n", None),
+                ("weekly-min", "valueDecimal", "e.min", None),
+                ("weekly-max", "valueDecimal", "e.max", None),
+            ]
+        )
+        return f"""
+SELECT (jsonb_build_object(
+    'resourceType', 'Observation',
+    'id', e.pid || '-vw-' || row_number() OVER (),
+    'status', 'final',
+    'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(
+        jsonb_build_object('system', '{terminology.CATEGORY_SYSTEM}', 'code', 'vitals')))),
+    'code', jsonb_build_object('coding', jsonb_build_array(
+        jsonb_build_object('system', e.item_system, 'code', e.item_code))),
+    'subject', jsonb_build_object('reference', 'Patient/' || e.pid),
+    'valueQuantity', jsonb_build_object('value', e.mean, 'unit', e.unit,
+                                        'system', '{UCUM}', 'code', e.unit),
+    'extension', {ext}
+))::text
+FROM (
+    SELECT e.pid, e.item_system, e.item_code, e.unit, e.pregnancy_no, e.weeks,
+           {YEAR} AS year, count(*) AS n, round(avg(e.value::numeric), 2) AS mean,
+           min(e.value::numeric) AS min, max(e.value::numeric) AS max
+    FROM ({_vitals_base()}) e {BLANK_JOIN}
+    GROUP BY e.pid, e.item_system, e.item_code, e.unit, e.pregnancy_no, e.weeks, {YEAR}
+) e"""
+    if part == "immunization":
+        ext = _ext_list([("age-weeks", "valueInteger", "e.weeks", None), year])
+        return f"""
+SELECT jsonb_build_object(
+    'resourceType', 'Immunization',
+    'id', e.pid || '-im-' || row_number() OVER (),
+    'status', 'completed',
+    'vaccineCode', jsonb_build_object('coding', jsonb_build_array(
+        jsonb_build_object('system', '{VACCINE_SYSTEM}', 'code', e.vaccine))),
+    'patient', jsonb_build_object('reference', 'Patient/' || e.pid),
+    'occurrenceString', 'age ' || e.weeks || ' weeks',
+    'protocolApplied', CASE WHEN e.dose ~ '^[1-9][0-9]*$'
+        THEN jsonb_build_array(jsonb_build_object('doseNumberPositiveInt', e.dose::int))
+        ELSE jsonb_build_array(jsonb_build_object('doseNumberString', e.dose)) END,
+    'extension', {ext}
+)::text
+FROM ({_vaccination_base()}) e {BLANK_JOIN}"""
+    raise ValueError(part)
+
+
+# COPY … CSV with a delimiter and a quote that JSON text never holds
+# (control characters are escaped inside JSON strings): each line is the
+# JSON as it is.
+NDJSON_COPY = "COPY ({query}) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')"
+
+
+def _copy_to(cur: Any, query: str, params: dict[str, Any], out: Any, *, header: bool) -> None:
+    sql = cur.mogrify(query, params).decode()
+    if header:
+        cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", out)
+    else:
+        cur.copy_expert(NDJSON_COPY.format(query=sql), out)
+
+
+# --------------------------------------------------------------------------
+# Temporary tables
+# --------------------------------------------------------------------------
+
+TEMP_TABLES = ("rx_person", "rx_preg", "rx_item", "rx_blank")
+
+
+def _drop_temp(cur: Any) -> None:
+    for name in TEMP_TABLES:
+        cur.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
+
+
+def _copy_rows(
+    cur: Any, table: str, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]]
+) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow(["\\N" if v is None else v for v in row])
+    buffer.seek(0)
+    cur.copy_expert(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
+    )
+
+
+def _allowed_items() -> Iterator[tuple[str, str, str, str, str]]:
+    """The items a release may hold: normal sensitivity, no free text, no
+    dates (clinic-only items such as HIV and syphilis never go)."""
+    for item in terminology.items().values():
+        if item.sensitivity != terminology.Sensitivity.NORMAL or item.unit in TEXT_UNITS:
+            continue
+        coding = item.coding
+        yield (
+            f"{coding['system']}|{coding['code']}",
+            item.key,
+            "" if item.unit in ("code", "ordinal", "boolean") else item.unit,
+            coding["system"],
+            coding["code"],
+        )
+
+
+def _create_temp(cur: Any, persons: list[Person], key: bytes) -> None:
+    _drop_temp(cur)
+    cur.execute(
+        "CREATE TEMPORARY TABLE rx_person (patient_id uuid PRIMARY KEY, pid text NOT NULL, "
+        "kind text NOT NULL, birth date NOT NULL, cats text[] NOT NULL)"
+    )
+    cur.execute(
+        "CREATE TEMPORARY TABLE rx_preg (patient_id uuid NOT NULL, pregnancy_no int NOT NULL, "
+        "lmp date NOT NULL, first_day date NOT NULL, last_day date NOT NULL)"
+    )
+    cur.execute(
+        "CREATE TEMPORARY TABLE rx_item (token text PRIMARY KEY, key text NOT NULL, "
+        "unit text NOT NULL, system text NOT NULL, code text NOT NULL)"
+    )
+    cur.execute(
+        "CREATE TEMPORARY TABLE rx_blank (patient_id uuid NOT NULL, pregnancy_no int NOT NULL, "
+        "weeks int NOT NULL, year int NOT NULL, "
+        "PRIMARY KEY (patient_id, pregnancy_no, weeks, year))"
+    )
+    _copy_rows(
+        cur,
+        "rx_person",
+        ("patient_id", "pid", "kind", "birth", "cats"),
+        (
+            (
+                p.patient_id,
+                p.pid,
+                p.kind,
+                p.birth.isoformat(),
+                "{" + ",".join(sorted(p.categories)) + "}",
+            )
+            for p in persons
+        ),
+    )
+    _copy_rows(
+        cur,
+        "rx_preg",
+        ("patient_id", "pregnancy_no", "lmp", "first_day", "last_day"),
+        (
+            (
+                p.patient_id,
+                g.number,
+                g.lmp.isoformat(),
+                g.window[0].isoformat(),
+                g.window[1].isoformat(),
+            )
+            for p in persons
+            for g in p.pregnancies
+            if g.lmp is not None and g.window is not None
+        ),
+    )
+    _copy_rows(cur, "rx_item", ("token", "key", "unit", "system", "code"), _allowed_items())
+    cur.execute("ANALYZE rx_person")
+    cur.execute("ANALYZE rx_preg")
+
+
+# --------------------------------------------------------------------------
+# The date floor over every event of the release
+# --------------------------------------------------------------------------
+
+EVENT_BASES = ("prenatal", "infant", "vaccination", "vitals")
+
+
+def _events_sql() -> str:
+    bases = {
+        "prenatal": _prenatal_base(),
+        "infant": _infant_base(),
+        "vaccination": _vaccination_base(),
+        "vitals": _vitals_base(),
+    }
+    union = "\nUNION\n".join(
+        f"SELECT e.patient_id, e.pregnancy_no, e.weeks, e.year FROM ({sql}) e"
+        for sql in bases.values()
+    )
+    return f"SELECT * FROM ({union}) u ORDER BY patient_id, pregnancy_no"
+
+
+def _apply_date_floor(
+    cur: Any,
+    persons: list[Person],
+    *,
+    node: anonymize.Node,
+    params: dict[str, Any],
+    floor_days: int,
+) -> int:
+    """Stream every (person, pregnancy, weeks, year) once through the date
+    floor; write the pairs whose year is blanked into rx_blank. Returns how
+    many event rows' pairs were blanked (distinct pairs)."""
+    by_id = {p.patient_id: p for p in persons}
+    pregnancy_events: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
+    for person in persons:
+        for pregnancy in person.pregnancies:
+            if pregnancy.event is not None and "pregnancy" in person.categories:
+                pregnancy_events[(person.patient_id, pregnancy.number)] = pregnancy.event
+    blanked: list[tuple[str, int, int, int]] = []
+
+    def settle(group: tuple[uuid.UUID, int], events: list[tuple[int, int]]) -> None:
+        patient_id, number = group
+        person = by_id[patient_id]
+        extra = pregnancy_events.pop(group, None)
+        if extra is not None:
+            events.append(extra)
+        start = anonymize.birth_period_interval(person.birth, node[0]) if number == 0 else None
+        out, _ = anonymize.date_floor(start=start, events=events, floor_days=floor_days)
+        for weeks, year in out:
+            blanked.append((str(patient_id), number, weeks, year))
+
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        cur.copy_expert(
+            f"COPY ({cur.mogrify(_events_sql(), params).decode()}) TO STDOUT WITH (FORMAT csv)",
+            spool,
+        )
+        spool.seek(0)
+        group: tuple[uuid.UUID, int] | None = None
+        events: list[tuple[int, int]] = []
+        for row in csv.reader(spool):
+            key = (uuid.UUID(row[0]), int(row[1]))
+            if key != group:
+                if group is not None:
+                    settle(group, events)
+                group, events = key, []
+            events.append((int(row[2]), int(row[3])))
+        if group is not None:
+            settle(group, events)
+    for group in list(pregnancy_events):
+        settle(group, [])
+    _copy_rows(cur, "rx_blank", ("patient_id", "pregnancy_no", "weeks", "year"), iter(blanked))
+    for patient_id, number, weeks, year in blanked:
+        if number:
+            pregnancy = next(
+                g for g in by_id[uuid.UUID(patient_id)].pregnancies if g.number == number
+            )
+            if pregnancy.event == (weeks, year):
+                pregnancy.year_blanked = True
+    return len(blanked)
+
+
+# --------------------------------------------------------------------------
+# The release
+# --------------------------------------------------------------------------
+
+
+def _pseudonym_key(project: Any) -> bytes:
+    secret = settings.RESEARCH_PSEUDONYM_KEY
+    if secret:
+        material = secret.encode()
+    else:
+        # No dedicated key: one derived from SECRET_KEY for this purpose only.
+        material = hashlib.sha256(
+            b"hagukumi research pseudonym key\x00" + settings.SECRET_KEY.encode()
+        ).digest()
+    return anonymize.project_key(secret=material, salt=bytes(project.pseudonym_salt))
+
+
+def _refusal(persons: int, k: int, best: int | None) -> str:
+    def text() -> str:
+        if persons < k:
+            return gettext(
+                "The cohort has %(persons)s eligible persons, fewer than k = %(k)s: "
+                "no release can make each person indistinguishable from at least %(k)s others."
+            ) % {"persons": anonymize.small_cell(persons), "k": k}
+        return gettext(
+            "The cohort is too small for k = %(k)s: even with every quasi-identifier "
+            "fully generalized, %(suppressed)s of %(persons)s eligible persons would have "
+            "to be suppressed, more than the 5%% allowed. Widen the cohort (more birth "
+            "years or municipalities) instead."
+        ) % {
+            "k": k,
+            "persons": anonymize.small_cell(persons),
+            "suppressed": anonymize.small_cell(best or 0),
+        }
+
+    with translation.override("ja"):
+        ja = text()
+    with translation.override("en"):
+        en = text()
+    return f"{ja}\n{en}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: Iterator[tuple[Any, ...]]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row])
+
+
+def _person_row(person: Person, node: anonymize.Node) -> tuple[Any, ...]:
+    birth, area, weight, gestation, babies = node
+    child = person.kind == "child"
+    return (
+        person.pid,
+        person.kind,
+        person.sex,
+        anonymize.birth_period(person.birth, birth),
+        anonymize.area_code(person.municipality, area),
+        anonymize.weight_band(person.birth_weight, weight) if child else "",
+        anonymize.gestation_band(person.gestational_weeks, gestation) if child else "",
+        anonymize.babies_band(person.babies, babies) if child else "",
+    )
+
+
+def _pregnancy_rows(persons: list[Person], node: anonymize.Node) -> Iterator[tuple[Any, ...]]:
+    gestation, babies = node[3], node[4]
+    for person in persons:
+        if "pregnancy" not in person.categories:
+            continue
+        for g in person.pregnancies:
+            event = g.event
+            year = None if event is None or g.year_blanked else event[1]
+            yield (
+                person.pid,
+                g.number,
+                year,
+                g.outcome,
+                anonymize.gestation_band(g.weeks_at_delivery, gestation),
+                anonymize.babies_band(g.babies, babies),
+                g.delivery_mode,
+            )
+
+
+def _fhir_patient(person: Person, node: anonymize.Node) -> dict[str, Any]:
+    row = dict(zip(CSV_COLUMNS["persons"], _person_row(person, node), strict=True))
+    birth_ym = row["birth_ym"]
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": person.pid,
+        "gender": person.sex,
+        # FHIR takes YYYY-MM or YYYY; a quarter or a half is in the extension
+        "birthDate": birth_ym if node[0] == 0 else birth_ym[:4],
+        "extension": [
+            {"url": f"{EXTENSION}kind", "valueCode": person.kind},
+            {"url": f"{EXTENSION}birth-period", "valueString": birth_ym},
+            {"url": f"{EXTENSION}area", "valueString": row["area"]},
+        ],
+    }
+    for column in ("birth_weight_band", "gestational_weeks_at_birth", "babies"):
+        if row[column]:
+            name = column.replace("_", "-")
+            resource["extension"].append({"url": f"{EXTENSION}{name}", "valueString": row[column]})
+    return resource
+
+
+def _fhir_episodes(persons: list[Person], node: anonymize.Node) -> Iterator[dict[str, Any]]:
+    for values in _pregnancy_rows(persons, node):
+        row = dict(zip(CSV_COLUMNS["pregnancies"], values, strict=True))
+        extension: list[dict[str, Any]] = [
+            {"url": f"{EXTENSION}pregnancy-number", "valueInteger": row["pregnancy_no"]},
+            {"url": f"{EXTENSION}outcome", "valueCode": row["outcome"]},
+        ]
+        if row["calendar_year"] is not None:
+            extension.append(
+                {"url": f"{EXTENSION}calendar-year", "valueInteger": row["calendar_year"]}
+            )
+        for column in ("gestational_weeks_at_delivery", "babies", "delivery_mode"):
+            if row[column]:
+                name = column.replace("_", "-")
+                extension.append({"url": f"{EXTENSION}{name}", "valueString": row[column]})
+        yield {
+            "resourceType": "EpisodeOfCare",
+            "id": f"{row['pid']}-pg-{row['pregnancy_no']}",
+            "status": "active" if row["outcome"] == "ongoing" else "finished",
+            "type": [{"coding": [{"system": EPISODE_TYPE_SYSTEM, "code": "pregnancy"}]}],
+            "patient": {"reference": f"Patient/{row['pid']}"},
+            "extension": extension,
+        }
+
+
+def _write_ndjson(path: Path, resources: Iterator[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for resource in resources:
+            handle.write(json.dumps(resource, ensure_ascii=False, separators=(",", ":")))
+            handle.write("\n")
 
 
 def build_release(
@@ -40,8 +1082,506 @@ def build_release(
     at: datetime | None = None,
     export_id: Any = None,
 ) -> dict[str, Any]:
-    """Write the release into out_dir and return its report."""
-    raise NotImplementedError("the release builder lands in the next commit")
+    """Write the release of `cohort` for `project` into out_dir and return
+    its report (also written as release_report.json). Raises CohortTooSmall
+    when k cannot be reached."""
+    at = at or timezone.now()
+    out_dir = Path(out_dir)
+    k = int(project.k)
+    allowed = set(project.categories)
+    if filters.get("categories"):
+        allowed &= set(filters["categories"])
+    kind_filter = filters.get("cohort_kind") or project.cohort_kind
+    period = (project.period_start, project.period_end)
+    params = {"period_start": period[0], "period_end": period[1]}
+    steps = 13
+    step = 0
+
+    def advance() -> None:
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(step, steps)
+
+    cohort = {uuid.UUID(str(i)): frozenset(c) & allowed for i, c in cohort.items()}
+    cohort = {i: c for i, c in cohort.items() if c}
+    persons, no_birth_date = _load_persons(
+        cohort, municipality_ids=[int(m) for m in filters.get("municipalities") or []], at=at
+    )
+    if kind_filter == "pregnancy":
+        persons = [p for p in persons if p.kind == "mother"]
+    elif kind_filter == "child":
+        persons = [p for p in persons if p.kind == "child"]
+    _load_pregnancies(
+        [
+            p
+            for p in persons
+            if p.kind == "mother" and p.categories & {"pregnancy", "prenatal_checkups"}
+        ],
+        period=period,
+    )
+    advance()
+    eligible = len(persons)
+    try:
+        result = anonymize.k_anonymize([p.qi() for p in persons], k=k)
+    except anonymize.KNotReachable as exc:
+        raise CohortTooSmall(_refusal(exc.persons, k, exc.best_suppressed)) from exc
+    released = [p for p in persons if p.patient_id not in result.suppressed]
+    key = _pseudonym_key(project)
+    for person in released:
+        person.pid = anonymize.pseudonym(key, person.patient_id)
+    released.sort(key=lambda p: p.pid)
+    advance()
+
+    csv_dir = out_dir / "csv"
+    fhir_dir = out_dir / "fhir"
+    csv_dir.mkdir(parents=True, exist_ok=True)
+    fhir_dir.mkdir(parents=True, exist_ok=True)
+    node = result.node
+    floor_days = int(settings.RESEARCH_MIN_DATE_CANDIDATES)
+    with connection.cursor() as cur:
+        try:
+            _create_temp(cur, released, key)
+            blanked = _apply_date_floor(
+                cur, released, node=node, params=params, floor_days=floor_days
+            )
+            advance()
+            _write_csv(
+                csv_dir / "persons.csv",
+                CSV_COLUMNS["persons"],
+                (_person_row(p, node) for p in released),
+            )
+            _write_csv(
+                csv_dir / "pregnancies.csv",
+                CSV_COLUMNS["pregnancies"],
+                _pregnancy_rows(released, node),
+            )
+            advance()
+            for table in ("prenatal_visits", "infant_checkups", "vaccinations", "vitals_weekly"):
+                with (csv_dir / f"{table}.csv").open("w", encoding="utf-8", newline="") as out:
+                    _copy_to(cur, _csv_sql(table), params, out, header=True)
+                advance()
+            _write_ndjson(fhir_dir / "Patient.ndjson", (_fhir_patient(p, node) for p in released))
+            _write_ndjson(fhir_dir / "EpisodeOfCare.ndjson", _fhir_episodes(released, node))
+            with (fhir_dir / "Observation.ndjson").open("w", encoding="utf-8") as out:
+                for part in ("prenatal", "infant", "vitals"):
+                    _copy_to(cur, _ndjson_sql(part), params, out, header=False)
+                    advance()
+            with (fhir_dir / "Immunization.ndjson").open("w", encoding="utf-8") as out:
+                _copy_to(cur, _ndjson_sql("immunization"), params, out, header=False)
+        finally:
+            _drop_temp(cur)
+    _write_dictionary(csv_dir / "data_dictionary.csv", result.generalizations)
+
+    records: dict[str, int | str] = {}
+    for table in CSV_COLUMNS:
+        lines = max(_count_lines(csv_dir / f"{table}.csv") - 1, 0)
+        records[table] = anonymize.small_cell(lines) if table == "persons" else lines
+    manifest_output = []
+    for resource_type in ("Patient", "EpisodeOfCare", "Observation", "Immunization"):
+        name = f"{resource_type}.ndjson"
+        count = _count_lines(fhir_dir / name)
+        manifest_output.append(
+            {
+                "type": resource_type,
+                "url": name,
+                "count": anonymize.small_cell(count) if resource_type == "Patient" else count,
+            }
+        )
+    manifest = {
+        "transactionTime": at.isoformat(),
+        "request": f"research/exports/{export_id}" if export_id else "research/export",
+        "requiresAccessToken": True,
+        "output": manifest_output,
+        "error": [],
+    }
+    (fhir_dir / "manifest.json").write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+    advance()
+
+    files = []
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(out_dir).as_posix()
+        if relative in ("release_report.json", "release.zip"):
+            continue
+        files.append({"path": relative, "sha256": _sha256(path), "bytes": path.stat().st_size})
+    report = {
+        "export_id": str(export_id) if export_id else None,
+        "project_id": str(project.pk),
+        "generated_at": at.isoformat(),
+        "k": k,
+        "cohort_size": anonymize.small_cell(eligible),
+        "released_persons": anonymize.small_cell(len(released)),
+        "suppressed_persons": anonymize.small_cell(len(result.suppressed)),
+        "excluded_without_birth_date": anonymize.small_cell(no_birth_date),
+        "records_per_table": records,
+        "quasi_identifiers": list(anonymize.QUASI_IDENTIFIERS),
+        "generalizations": result.generalizations,
+        "achieved_k": result.achieved_k,
+        "equivalence_classes": result.classes,
+        "suppression": {
+            "persons": anonymize.small_cell(len(result.suppressed)),
+            "max_fraction": anonymize.MAX_SUPPRESSION,
+            "calendar_years_blanked": blanked,
+            "cells_below_10": _cells_below_10(records, eligible, len(released), result),
+        },
+        "date_floor_days": floor_days,
+        "period": {"start": period[0].isoformat(), "end": period[1].isoformat()},
+        "categories": sorted(allowed),
+        "cohort_kind": kind_filter,
+        "pseudonym": f"HMAC-SHA256, {anonymize.PSEUDONYM_HEX} hex digits, per project",
+        "files": files,
+    }
+    (out_dir / "release_report.json").write_text(
+        json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+    with zipfile.ZipFile(out_dir / "release.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(out_dir).as_posix()
+            if relative != "release.zip":
+                archive.write(path, relative)
+    advance()
+    return report
+
+
+def _cells_below_10(
+    records: dict[str, int | str], eligible: int, released: int, result: anonymize.Anonymized
+) -> int:
+    """How many counts of people the report shows as <10."""
+    counts = [eligible, released, len(result.suppressed)]
+    return sum(1 for n in counts if 0 < n < anonymize.SMALL_CELL) + sum(
+        1 for v in records.values() if v == "<10"
+    )
+
+
+# --------------------------------------------------------------------------
+# The data dictionary
+# --------------------------------------------------------------------------
+
+# (table, column, type, unit, meaning ja, meaning en, generalized as QI)
+DICTIONARY: tuple[tuple[str, str, str, str, str, str, str], ...] = (
+    (
+        "persons",
+        "pid",
+        "text",
+        "",
+        "仮名ID（プロジェクトごとの鍵付きHMAC。他のプロジェクトと照合できない）",
+        "pseudonym (keyed HMAC per project; cannot be linked across projects)",
+        "",
+    ),
+    ("persons", "kind", "code", "", "mother（母）または child（子）", "mother or child", ""),
+    (
+        "persons",
+        "sex",
+        "code",
+        "",
+        "性別 male/female/other/unknown",
+        "sex: male, female, other or unknown",
+        "",
+    ),
+    (
+        "persons",
+        "birth_ym",
+        "text",
+        "",
+        "生年月（YYYY-MM）。一般化時は四半期 YYYY-Qn、半期 YYYY-Hn、年 YYYY",
+        "birth year-month (YYYY-MM); generalized: quarter YYYY-Qn, half YYYY-Hn, year YYYY",
+        "birth_ym",
+    ),
+    (
+        "persons",
+        "area",
+        "code",
+        "",
+        "居住地の全国地方公共団体コード（6桁）、一般化時は都道府県コード（2桁）または *",
+        "municipality of residence (6-digit local government code); "
+        "generalized: 2-digit prefecture code or *",
+        "area",
+    ),
+    (
+        "persons",
+        "birth_weight_band",
+        "band",
+        "g",
+        "出生体重の階級（<1000、>=4500 は常にトップ／ボトムコード）。子のみ",
+        "birth weight band (always coded <1000 and >=4500); children only",
+        "birth_weight_band",
+    ),
+    (
+        "persons",
+        "gestational_weeks_at_birth",
+        "band",
+        "wk",
+        "出生時の在胎週数（<28、>=42 にまとめる）。子のみ",
+        "completed gestational weeks at birth (<28 and >=42 grouped); children only",
+        "gestational_weeks",
+    ),
+    (
+        "persons",
+        "babies",
+        "code",
+        "",
+        "同時に生まれた子の数 1/2/3+、一般化時は single/multiple。子のみ",
+        "babies of the birth 1, 2, 3+; generalized: single or multiple; children only",
+        "babies",
+    ),
+    ("pregnancies", "pid", "text", "", "母の仮名ID", "the mother's pseudonym", ""),
+    (
+        "pregnancies",
+        "pregnancy_no",
+        "integer",
+        "",
+        "この母の妊娠の通し番号（1から）",
+        "number of the pregnancy for this mother (from 1)",
+        "",
+    ),
+    (
+        "pregnancies",
+        "calendar_year",
+        "integer",
+        "",
+        "分娩の年（未分娩は妊娠開始の年）。生年月日の推定を防ぐため空欄のことがある",
+        "calendar year of the delivery (of the start when not delivered); "
+        "blank where it would narrow the date",
+        "",
+    ),
+    (
+        "pregnancies",
+        "outcome",
+        "code",
+        "",
+        "delivered（分娩）、ongoing（妊娠中）、ended（分娩記録なく終了）",
+        "delivered, ongoing, or ended without a delivery record",
+        "",
+    ),
+    (
+        "pregnancies",
+        "gestational_weeks_at_delivery",
+        "band",
+        "wk",
+        "分娩時の在胎週数（persons と同じ一般化）",
+        "completed gestational weeks at delivery (generalized as in persons)",
+        "gestational_weeks",
+    ),
+    (
+        "pregnancies",
+        "babies",
+        "code",
+        "",
+        "出生児数（persons と同じ一般化）",
+        "number of babies born (generalized as in persons)",
+        "babies",
+    ),
+    (
+        "pregnancies",
+        "delivery_mode",
+        "code",
+        "",
+        "分娩方法のコード（https://hagukumi.jp/fhir/CodeSystem/delivery-mode）",
+        "mode of delivery code (https://hagukumi.jp/fhir/CodeSystem/delivery-mode)",
+        "",
+    ),
+    ("prenatal_visits", "pid", "text", "", "母の仮名ID", "the mother's pseudonym", ""),
+    (
+        "prenatal_visits",
+        "pregnancy_no",
+        "integer",
+        "",
+        "pregnancies.pregnancy_no",
+        "pregnancies.pregnancy_no",
+        "",
+    ),
+    (
+        "prenatal_visits",
+        "gestational_weeks",
+        "integer",
+        "wk",
+        "健診時の妊娠週数（分娩予定日から: 280 −（予定日 − 健診日）日）",
+        "gestational weeks at the visit (from the due date: 280 − (due − day) days)",
+        "",
+    ),
+    (
+        "prenatal_visits",
+        "calendar_year",
+        "integer",
+        "",
+        "健診の年（空欄あり、上記参照）",
+        "calendar year of the visit (may be blank, see above)",
+        "",
+    ),
+    (
+        "prenatal_visits",
+        "item",
+        "code",
+        "",
+        "項目キー（docs/dataset.md）",
+        "item key (docs/dataset.md)",
+        "",
+    ),
+    (
+        "prenatal_visits",
+        "value",
+        "text",
+        "",
+        "値（数値またはコード）",
+        "value (a number or a code)",
+        "",
+    ),
+    (
+        "prenatal_visits",
+        "unit",
+        "code",
+        "",
+        "UCUM 単位（コード値では空）",
+        "UCUM unit (blank for codes)",
+        "",
+    ),
+    ("infant_checkups", "pid", "text", "", "子の仮名ID", "the child's pseudonym", ""),
+    (
+        "infant_checkups",
+        "age_weeks",
+        "integer",
+        "wk",
+        "健診時の月齢（満週数）",
+        "age at the checkup in completed weeks",
+        "",
+    ),
+    (
+        "infant_checkups",
+        "calendar_year",
+        "integer",
+        "",
+        "健診の年（空欄あり）",
+        "calendar year of the checkup (may be blank)",
+        "",
+    ),
+    (
+        "infant_checkups",
+        "checkup",
+        "code",
+        "",
+        "健診の種類（1m、3-4m、6-7m、9-10m、18m、3y、出生時は birth）",
+        "checkup (1m, 3-4m, 6-7m, 9-10m, 18m, 3y; birth for birth records)",
+        "",
+    ),
+    (
+        "infant_checkups",
+        "item",
+        "code",
+        "",
+        "項目キー（docs/dataset.md）",
+        "item key (docs/dataset.md)",
+        "",
+    ),
+    (
+        "infant_checkups",
+        "value",
+        "text",
+        "",
+        "値（数値またはコード）",
+        "value (a number or a code)",
+        "",
+    ),
+    ("infant_checkups", "unit", "code", "", "UCUM 単位", "UCUM unit", ""),
+    ("vaccinations", "pid", "text", "", "仮名ID", "pseudonym", ""),
+    (
+        "vaccinations",
+        "vaccine",
+        "code",
+        "",
+        "ワクチンコード（https://hagukumi.jp/fhir/CodeSystem/vaccine）",
+        "vaccine code (https://hagukumi.jp/fhir/CodeSystem/vaccine)",
+        "",
+    ),
+    ("vaccinations", "dose", "text", "", "接種回数", "dose number", ""),
+    (
+        "vaccinations",
+        "age_weeks",
+        "integer",
+        "wk",
+        "接種時の年齢（満週数）",
+        "age at the dose in completed weeks",
+        "",
+    ),
+    (
+        "vaccinations",
+        "calendar_year",
+        "integer",
+        "",
+        "接種の年（空欄あり）",
+        "calendar year of the dose (may be blank)",
+        "",
+    ),
+    ("vitals_weekly", "pid", "text", "", "仮名ID", "pseudonym", ""),
+    (
+        "vitals_weekly",
+        "item",
+        "code",
+        "",
+        "項目キー（docs/dataset.md）",
+        "item key (docs/dataset.md)",
+        "",
+    ),
+    ("vitals_weekly", "unit", "code", "", "UCUM 単位", "UCUM unit", ""),
+    (
+        "vitals_weekly",
+        "age_weeks",
+        "integer",
+        "wk",
+        "年齢（満週数）。妊娠中は空欄",
+        "age in completed weeks (blank during a pregnancy)",
+        "",
+    ),
+    (
+        "vitals_weekly",
+        "gestational_weeks",
+        "integer",
+        "wk",
+        "妊娠中の妊娠週数",
+        "gestational weeks during a pregnancy",
+        "",
+    ),
+    (
+        "vitals_weekly",
+        "calendar_year",
+        "integer",
+        "",
+        "年（空欄あり）",
+        "calendar year (may be blank)",
+        "",
+    ),
+    (
+        "vitals_weekly",
+        "n",
+        "integer",
+        "",
+        "その週の測定回数（人数ではない）",
+        "number of readings that week (not of people)",
+        "",
+    ),
+    ("vitals_weekly", "mean", "decimal", "", "平均", "mean", ""),
+    ("vitals_weekly", "min", "decimal", "", "最小", "minimum", ""),
+    ("vitals_weekly", "max", "decimal", "", "最大", "maximum", ""),
+)
+
+
+def _write_dictionary(path: Path, generalizations: dict[str, str]) -> None:
+    _write_csv(
+        path,
+        ("table", "column", "type", "unit", "meaning_ja", "meaning_en", "generalization"),
+        (
+            (table, column, kind, unit, ja, en, generalizations.get(qi, "") if qi else "")
+            for table, column, kind, unit, ja, en, qi in DICTIONARY
+        ),
+    )
+
+
+# --------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------
+
+AUDIT_BATCH = 1000
 
 
 def release_directory(export: Any) -> str:
@@ -72,7 +1612,8 @@ def research_export_job(ctx: Any) -> dict[str, Any]:
 
     filters = export.filters
     cohort = research_cohort(
-        municipality_ids=filters.get("municipalities") or [],
+        municipality_ids=filters.get("municipalities")
+        or list(project.municipalities.values_list("pk", flat=True)),
         categories=filters.get("categories") or list(project.categories),
         cohort_kind=filters.get("cohort_kind") or project.cohort_kind,
         birth_year_from=filters.get("birth_year_from") or project.birth_year_from,
@@ -81,9 +1622,12 @@ def research_export_job(ctx: Any) -> dict[str, Any]:
     media = Path(settings.MEDIA_ROOT)
     directory = release_directory(export)
     final = media / directory
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # A worker that died left its partial folder: nothing serves it, remove it.
+    for stale in final.parent.glob(f"{final.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = final.with_name(f"{final.name}.partial-{uuid.uuid4().hex[:12]}")
+    partial.mkdir()
 
     def progress(done: int, total: int) -> None:
         ctx.checkpoint(cursor={"phase": "build"}, progress_done=done, progress_total=total)
@@ -101,12 +1645,59 @@ def research_export_job(ctx: Any) -> dict[str, Any]:
         shutil.rmtree(partial, ignore_errors=True)
         _finish(export, ResearchExport.Status.REFUSED, reason=str(exc))
         return {"status": "refused"}
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    # Still ours? (a lost lease raises here, before anything is served)
+    ctx.checkpoint(cursor={"phase": "publish"})
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    export.directory = directory
-    export.report = report
-    _finish(export, ResearchExport.Status.DONE)
+    released = list(_released_patients(report, cohort, project, export))
+    with transaction.atomic():
+        _audit_release(export, released)
+        export.directory = directory
+        export.report = report
+        _finish(export, ResearchExport.Status.DONE)
+        ctx.checkpoint(cursor={"phase": "done"})
     return {"status": "done", "released_persons": report.get("released_persons")}
+
+
+def _released_patients(
+    report: dict[str, Any], cohort: dict[uuid.UUID, frozenset[str]], project: Any, export: Any
+) -> Iterator[tuple[uuid.UUID, list[str]]]:
+    """(patient id, categories released) of each person in the release:
+    the cohort's persons whose pseudonym is in persons.csv."""
+    key = _pseudonym_key(project)
+    path = Path(settings.MEDIA_ROOT) / release_directory(export) / "csv" / "persons.csv"
+    with path.open(encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        pids = {row[0] for row in reader}
+    allowed = set(project.categories)
+    if export.filters.get("categories"):
+        allowed &= set(export.filters["categories"])
+    for patient_id, categories in cohort.items():
+        if anonymize.pseudonym(key, patient_id) in pids:
+            yield uuid.UUID(str(patient_id)), sorted(set(categories) & allowed)
+
+
+def _audit_release(export: Any, released: list[tuple[uuid.UUID, list[str]]]) -> None:
+    from phr.audit import AuditEntry, audit_write_many
+
+    for start in range(0, len(released), AUDIT_BATCH):
+        audit_write_many(
+            AuditEntry(
+                action="research.export",
+                actor_id=export.requested_by_id,
+                actor_role="researcher",
+                organization_id=export.project.organization_id,
+                patient_id=patient_id,
+                categories=categories,
+                purpose="research",
+                detail={"project": str(export.project_id), "export": str(export.pk)},
+            )
+            for patient_id, categories in released[start : start + AUDIT_BATCH]
+        )
 
 
 def _finish(export: Any, status: str, *, reason: str = "") -> None:
@@ -117,11 +1708,35 @@ def _finish(export: Any, status: str, *, reason: str = "") -> None:
 
 
 def _failed(job: Any) -> None:
+    """The job failed for good (an error, or out of attempts): the export
+    is marked failed unless it already finished."""
+    from django.db.models import F, Q
+
+    from phr.models import Job
     from sharing.models import ResearchExport
 
+    now = timezone.now()
+    failed_for_good = Job.objects.filter(pk=job.pk).filter(
+        Q(status=Job.Status.FAILED)
+        | Q(status=Job.Status.RUNNING, lease_until__lt=now, attempts__gte=F("max_attempts"))
+    )
+    if not failed_for_good.exists():
+        return  # another worker holds the job now
     ResearchExport.objects.filter(pk=job.payload.get("export_id")).exclude(
         status__in=[ResearchExport.Status.DONE, ResearchExport.Status.REFUSED]
-    ).update(status=ResearchExport.Status.FAILED, finished_at=timezone.now())
+    ).update(
+        status=ResearchExport.Status.FAILED,
+        reason=_failure_reason(),
+        finished_at=timezone.now(),
+    )
+
+
+def _failure_reason() -> str:
+    with translation.override("ja"):
+        ja = gettext("The export failed. Please request it again.")
+    with translation.override("en"):
+        en = gettext("The export failed. Please request it again.")
+    return f"{ja}\n{en}"
 
 
 def _register() -> None:
