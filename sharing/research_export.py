@@ -284,7 +284,10 @@ def _load_persons(
                 categories=cohort[patient_id],
             )
         )
-    _load_birth_items([p for p in persons if p.kind == "child"])
+    # the birth items are the child's infant_checkups records
+    _load_birth_items(
+        [p for p in persons if p.kind == "child" and "infant_checkups" in p.categories]
+    )
     return persons, missing
 
 

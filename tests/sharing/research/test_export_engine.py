@@ -1,0 +1,276 @@
+"""The release builder on a small world (sharing.research_export.build_release):
+the contract's files and headers, nothing identifying in any file, the
+date floor, k, categories and period, pseudonyms per project, refusal."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import uuid
+import zipfile
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phr.models import Resource
+from sharing import anonymize
+from sharing.research_export import CSV_COLUMNS, CohortTooSmall, build_release
+from tests.sharing.research import engine_world
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world(db: None) -> engine_world.World:
+    return engine_world.build()
+
+
+def _release(world: engine_world.World, tmp_path: Path, **kwargs: Any) -> tuple[dict, Path]:
+    project = kwargs.pop("project", None) or engine_world.project()
+    cohort = kwargs.pop("cohort", None) or world.cohort()
+    out = tmp_path / uuid.uuid4().hex
+    out.mkdir()
+    report = build_release(project=project, filters={}, cohort=cohort, out_dir=out, **kwargs)
+    return report, out
+
+
+def _rows(out: Path, table: str) -> list[dict[str, str]]:
+    with (out / "csv" / f"{table}.csv").open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _all_text(out: Path) -> str:
+    return "\n".join(
+        p.read_text(encoding="utf-8") for p in out.rglob("*") if p.is_file() and p.suffix != ".zip"
+    )
+
+
+def test_files_headers_and_report(world: engine_world.World, tmp_path: Path) -> None:
+    steps: list[tuple[int, int]] = []
+    report, out = _release(world, tmp_path, progress=lambda d, t: steps.append((d, t)))
+    for table, columns in CSV_COLUMNS.items():
+        with (out / "csv" / f"{table}.csv").open(encoding="utf-8") as handle:
+            assert next(csv.reader(handle)) == list(columns)
+    assert (out / "csv" / "data_dictionary.csv").exists()
+    # every file is listed with its SHA-256 and size
+    listed = {entry["path"]: entry for entry in report["files"]}
+    on_disk = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("release_report.json", "release.zip")
+    }
+    assert set(listed) == on_disk
+    for path, entry in listed.items():
+        data = (out / path).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["bytes"] == len(data)
+    assert json.loads((out / "release_report.json").read_text()) == report
+    with zipfile.ZipFile(out / "release.zip") as archive:
+        assert set(archive.namelist()) == on_disk | {"release_report.json"}
+    # the counts
+    persons = _rows(out, "persons")
+    assert report["records_per_table"]["persons"] == len(persons) == 24
+    assert report["records_per_table"]["infant_checkups"] == len(_rows(out, "infant_checkups"))
+    assert report["cohort_size"] == 24
+    assert report["k"] == 5
+    assert report["achieved_k"] >= 5
+    assert set(report["generalizations"]) == set(anonymize.QI_HIERARCHIES)
+    assert "birth_ym" in report["quasi_identifiers"]
+    assert steps[-1][0] == steps[-1][1]
+    # FHIR Bulk Data manifest
+    manifest = json.loads((out / "fhir" / "manifest.json").read_text())
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["error"] == []
+    for entry in manifest["output"]:
+        lines = (out / "fhir" / entry["url"]).read_text().splitlines()
+        assert entry["count"] in (len(lines), "<10")
+        for line in lines:
+            assert json.loads(line)["resourceType"] == entry["type"]
+
+
+def test_tables_hold_the_world(world: engine_world.World, tmp_path: Path) -> None:
+    _, out = _release(world, tmp_path)
+    persons = {row["pid"]: row for row in _rows(out, "persons")}
+    mothers = [r for r in persons.values() if r["kind"] == "mother"]
+    children = [r for r in persons.values() if r["kind"] == "child"]
+    assert len(mothers) == len(children) == 12
+    assert all(r["birth_weight_band"] and r["gestational_weeks_at_birth"] for r in children)
+    assert all(r["babies"] in ("1", "single") for r in children)
+    assert all(not r["birth_weight_band"] for r in mothers)
+    pregnancies = _rows(out, "pregnancies")
+    assert len(pregnancies) == 12
+    assert {r["outcome"] for r in pregnancies} == {"delivered"}
+    assert {r["delivery_mode"] for r in pregnancies} == {"spontaneous"}
+    visits = _rows(out, "prenatal_visits")
+    assert {(r["item"], r["gestational_weeks"]) for r in visits} == {
+        ("body_weight", "37"),
+        ("body_weight", "38"),
+    }
+    checkups = _rows(out, "infant_checkups")
+    assert {r["age_weeks"] for r in checkups} == {"4"}  # the 2019 one is outside the period
+    vaccinations = _rows(out, "vaccinations")
+    assert {(r["vaccine"], r["dose"], r["age_weeks"]) for r in vaccinations} == {("hepb", "1", "8")}
+    vitals = _rows(out, "vitals_weekly")
+    child_vitals = [r for r in vitals if persons[r["pid"]]["kind"] == "child"]
+    assert {(r["item"], r["n"], r["mean"]) for r in child_vitals} == {
+        ("body_temperature", "3", "36.80")
+    }
+
+
+def test_nothing_identifying_leaves(world: engine_world.World, tmp_path: Path) -> None:
+    """No name (kanji, kana), resident or handbook number (also in
+    full-width digits), free text, lot number, clinic-only result, store id
+    or full date is in any file."""
+    _, out = _release(world, tmp_path)
+    text = _all_text(out)
+    with zipfile.ZipFile(out / "release.zip") as archive:
+        zipped = "\n".join(archive.read(n).decode() for n in archive.namelist())
+    full_width = str.maketrans("0123456789", "０１２３４５６７８９")
+    for needle in world.names + world.numbers + [n.translate(full_width) for n in world.numbers]:
+        assert needle not in text, needle
+        assert needle not in zipped, needle
+    for needle in (engine_world.SECRET_NOTE, engine_world.LOT, "HIVNEG", "hiv", "prenatal_note"):
+        assert needle not in text, needle
+    for rid in Resource.objects.values_list("id", flat=True):
+        assert str(rid) not in text
+        assert str(rid).replace("-", "")[:12] not in text
+    data = text.replace(
+        json.loads((out / "fhir" / "manifest.json").read_text())["transactionTime"], ""
+    )
+    report = json.loads((out / "release_report.json").read_text())
+    data = data.replace(report["generated_at"], "")
+    data = data.replace(report["period"]["start"], "").replace(report["period"]["end"], "")
+    assert not re.search(r"\b(19|20)\d\d-\d\d-\d\d\b", data)
+    assert not re.search(r"\b(19|20)\d\d/\d\d?/\d\d?\b", data)
+
+
+def _interval(rows: list[tuple[int, str]], start: tuple[date, date] | None) -> int | None:
+    interval = start
+    for weeks, year in rows:
+        if year:
+            interval = anonymize.intersect(interval, anonymize.event_interval(weeks, int(year)))
+    return anonymize.interval_days(interval)
+
+
+def _birth_interval(birth_ym: str) -> tuple[date, date]:
+    year = int(birth_ym[:4])
+    rest = birth_ym[5:]
+    if not rest:
+        return date(year, 1, 1), date(year, 12, 31)
+    if rest.startswith("Q") or rest.startswith("H"):
+        months = 3 if rest[0] == "Q" else 6
+        first = (int(rest[1]) - 1) * months + 1
+    else:
+        months, first = 1, int(rest)
+    end = date(year + (first + months > 12), (first + months - 1) % 12 + 1, 1)
+    return date(year, first, 1), end - timedelta(days=1)
+
+
+def test_date_floor_blanks_the_new_year_visit(world: engine_world.World, tmp_path: Path) -> None:
+    """The visits at 37 weeks in 2023 and 38 weeks in 2024 would leave a
+    week of possible last periods: a year is blanked, and every person's
+    and pregnancy's released (weeks, year) pairs leave at least 14 days."""
+    report, out = _release(world, tmp_path)
+    assert report["suppression"]["calendar_years_blanked"] >= 12
+    persons = {row["pid"]: row for row in _rows(out, "persons")}
+    by_pregnancy: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for row in _rows(out, "prenatal_visits"):
+        by_pregnancy.setdefault((row["pid"], row["pregnancy_no"]), []).append(
+            (int(row["gestational_weeks"]), row["calendar_year"])
+        )
+    for row in _rows(out, "pregnancies"):
+        by_pregnancy.setdefault((row["pid"], row["pregnancy_no"]), []).append(
+            (int(row["gestational_weeks_at_delivery"] or 0), row["calendar_year"])
+        )
+    assert any(not year for rows in by_pregnancy.values() for _, year in rows)
+    for rows in by_pregnancy.values():
+        days = _interval(rows, None)
+        assert days is None or days >= 14
+    by_person: dict[str, list[tuple[int, str]]] = {}
+    for table in ("infant_checkups", "vaccinations"):
+        for row in _rows(out, table):
+            by_person.setdefault(row["pid"], []).append(
+                (int(row["age_weeks"]), row["calendar_year"])
+            )
+    for row in _rows(out, "vitals_weekly"):
+        if row["age_weeks"]:
+            by_person.setdefault(row["pid"], []).append(
+                (int(row["age_weeks"]), row["calendar_year"])
+            )
+    for pid, rows in by_person.items():
+        assert _interval(rows, _birth_interval(persons[pid]["birth_ym"])) >= 14
+
+
+def test_k_holds_over_the_quasi_identifiers(world: engine_world.World, tmp_path: Path) -> None:
+    _, out = _release(world, tmp_path)
+    pregnancies: dict[str, list[tuple[str, str]]] = {}
+    for row in _rows(out, "pregnancies"):
+        pregnancies.setdefault(row["pid"], []).append(
+            (row["gestational_weeks_at_delivery"], row["babies"])
+        )
+    classes: dict[tuple[Any, ...], int] = {}
+    for row in _rows(out, "persons"):
+        vector = (
+            *(row[c] for c in CSV_COLUMNS["persons"][1:]),
+            tuple(sorted(pregnancies.get(row["pid"], []))),
+        )
+        classes[vector] = classes.get(vector, 0) + 1
+    assert min(classes.values()) >= 5
+
+
+def test_categories_are_respected(world: engine_world.World, tmp_path: Path) -> None:
+    cohort = world.cohort(frozenset({"vaccinations"}))
+    _, out = _release(world, tmp_path, cohort=cohort)
+    assert len(_rows(out, "vaccinations")) == 12
+    for table in ("pregnancies", "prenatal_visits", "infant_checkups", "vitals_weekly"):
+        assert _rows(out, table) == [], table
+    assert all(not r["birth_weight_band"] for r in _rows(out, "persons"))
+
+
+def test_pseudonyms_differ_between_projects(world: engine_world.World, tmp_path: Path) -> None:
+    _, one = _release(world, tmp_path)
+    _, two = _release(world, tmp_path)
+    first = {r["pid"] for r in _rows(one, "persons")}
+    second = {r["pid"] for r in _rows(two, "persons")}
+    assert len(first) == len(second) == 24
+    assert first.isdisjoint(second)
+    project = engine_world.project()
+    _, three = _release(world, tmp_path, project=project)
+    _, four = _release(world, tmp_path, project=project)
+    assert {r["pid"] for r in _rows(three, "persons")} == {r["pid"] for r in _rows(four, "persons")}
+
+
+def test_cohort_too_small_is_refused(world: engine_world.World, tmp_path: Path) -> None:
+    cohort = {p.pk: engine_world.ALL for p in world.children[:3]}
+    with pytest.raises(CohortTooSmall) as refused:
+        _release(world, tmp_path, cohort=cohort)
+    message = str(refused.value)
+    assert "k = 5" in message
+    assert "<10" in message  # three persons, shown as a small cell
+    assert "\n" in message  # Japanese, then English
+    # with k = 10 (published) six boys and six girls cannot be kept: refused,
+    # not released with everything suppressed
+    project = engine_world.project(k=10, publish=True)
+    cohort = {p.pk: engine_world.ALL for p in world.children}
+    with pytest.raises(CohortTooSmall):
+        _release(world, tmp_path, cohort=cohort, project=project)
+
+
+def test_outside_the_period_nothing(world: engine_world.World, tmp_path: Path) -> None:
+    project = engine_world.project(period_start=date(2024, 2, 1), period_end=date(2024, 12, 31))
+    _, out = _release(world, tmp_path, project=project)
+    assert _rows(out, "prenatal_visits") == []
+    assert _rows(out, "pregnancies") == []  # ended 5 January
+    assert len(_rows(out, "infant_checkups")) == 12
+
+
+def test_csv_reads_back(world: engine_world.World, tmp_path: Path) -> None:
+    _, out = _release(world, tmp_path)
+    text = (out / "csv" / "infant_checkups.csv").read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert all(len(r) == len(CSV_COLUMNS["infant_checkups"]) for r in rows)
