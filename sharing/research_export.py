@@ -960,7 +960,7 @@ def _refusal(persons: int, k: int, best: int | None) -> str:
         ja = text()
     with translation.override("en"):
         en = text()
-    return f"{ja}\n{en}"
+    return f"{ja} / {en}"
 
 
 def _sha256(path: Path) -> str:
@@ -1739,7 +1739,7 @@ def _failure_reason() -> str:
         ja = gettext("The export failed. Please request it again.")
     with translation.override("en"):
         en = gettext("The export failed. Please request it again.")
-    return f"{ja}\n{en}"
+    return f"{ja} / {en}"
 
 
 def _register() -> None:
