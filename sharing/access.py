@@ -32,10 +32,12 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
@@ -63,6 +65,7 @@ __all__ = [
     "decide",
     "explain",
     "redact_for",
+    "research_cohort",
     "visible_records",
 ]
 
@@ -1231,3 +1234,126 @@ def may_know(user: Any, patient: Patient | uuid.UUID, *, clinic_id: int) -> Deci
     if registered.rule == CLINIC_REGISTERED.rule and registered.organization_id == clinic_id:
         return registered
     return DENY  # registered by another clinic of the user's
+
+
+# --------------------------------------------------------------------------
+# Research (issue 8): who may be in an anonymized release
+# --------------------------------------------------------------------------
+
+RESEARCH_COHORT_KINDS = ("pregnancy", "child", "both")
+JAPAN = ZoneInfo("Asia/Tokyo")
+
+_RESEARCH_COHORT_SQL = """
+WITH listed AS (
+    SELECT DISTINCT r.patient_id
+    FROM phr_residency r
+    WHERE r.municipality_id = ANY(%(municipalities)s)
+      AND r.valid_from <= %(today)s AND (r.valid_to IS NULL OR r.valid_to >= %(today)s)
+),
+current_residence AS (
+    -- a patient's municipality is her newest residency in force
+    SELECT DISTINCT ON (r.patient_id) r.patient_id, r.municipality_id
+    FROM phr_residency r JOIN listed ON listed.patient_id = r.patient_id
+    WHERE r.valid_from <= %(today)s AND (r.valid_to IS NULL OR r.valid_to >= %(today)s)
+    ORDER BY r.patient_id, r.valid_from DESC, r.id DESC
+),
+pregnant AS (
+    SELECT DISTINCT s.patient_id
+    FROM phr_resource e CROSS JOIN LATERAL unnest(e.compartments) AS s(patient_id)
+    WHERE %(pregnancy)s AND e.resource_type = 'EpisodeOfCare' AND NOT e.deleted
+      AND e.content->'type' @> '[{"coding": [{"code": "pregnancy"}]}]'::jsonb
+),
+born AS (
+    SELECT res.id AS patient_id
+    FROM phr_resource res
+    WHERE %(child)s AND res.resource_type = 'Patient' AND NOT res.deleted
+      AND res.content->>'birthDate' ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$'
+      AND substr(res.content->>'birthDate', 1, 4)::int BETWEEN %(year_from)s AND %(year_to)s
+),
+base AS (
+    SELECT p.id, cr.municipality_id
+    FROM current_residence cr JOIN phr_patient p ON p.id = cr.patient_id
+    WHERE cr.municipality_id = ANY(%(municipalities)s)
+      AND p.merged_into_id IS NULL
+      AND (
+          (p.kind = 'child' AND p.id IN (SELECT patient_id FROM born))
+          OR (p.kind = 'adult' AND p.id IN (SELECT patient_id FROM pregnant))
+      )
+),
+latest AS (
+    -- the newest choice per patient and category decides
+    SELECT DISTINCT ON (c.patient_id, c.category) c.patient_id, c.category, c.choice
+    FROM sharing_researchchoice c JOIN base ON base.id = c.patient_id
+    WHERE c.category = ANY(%(categories)s) AND c.decided_at <= %(at)s
+    ORDER BY c.patient_id, c.category, c.decided_at DESC, c.id DESC
+)
+SELECT base.id, array_agg(wanted.category ORDER BY wanted.category)
+FROM base
+CROSS JOIN unnest(%(categories)s::text[]) AS wanted(category)
+LEFT JOIN latest ON latest.patient_id = base.id AND latest.category = wanted.category
+LEFT JOIN sharing_researchregime regime ON regime.municipality_id = base.municipality_id
+WHERE COALESCE(
+    latest.choice = 'consent',
+    regime.kind = 'opt_out' AND regime.notice_published_on <= %(today)s,
+    false
+)
+GROUP BY base.id
+"""
+
+
+def research_cohort(
+    *,
+    municipality_ids: Sequence[int],
+    categories: Sequence[str],
+    cohort_kind: str,
+    birth_year_from: int,
+    birth_year_to: int,
+    at: datetime | None = None,
+) -> dict[uuid.UUID, frozenset[str]]:
+    """The patients who may be in an anonymized research release at `at`
+    (now by default) and, per patient, the categories they may contribute.
+
+    - Residence: the patient's newest residency in force is in one of
+      `municipality_ids` (a resident of another municipality is absent).
+    - Cohort: "child" → children born (FHIR Patient.birthDate, a full date)
+      in [birth_year_from, birth_year_to]; "pregnancy" → adults with at
+      least one pregnancy EpisodeOfCare in the store (not deleted);
+      "both" → the union. Merged patients (Patient.merged_into) are out.
+    - Per category: the newest ResearchChoice (made by `at`) decides —
+      consent in, refuse out; without one, the municipality's
+      ResearchRegime: opt-out whose notice was published on or before
+      today (Asia/Tokyo) → in; opt-in or no regime → out
+      (docs/decisions/0023-research-consent.md).
+    - A patient with no category left is absent.
+
+    This decides release eligibility for anonymized data only: it grants
+    no identified access (no Decision; the researcher reads nothing here).
+    One SQL statement, whatever the number of patients."""
+    if cohort_kind not in RESEARCH_COHORT_KINDS:
+        raise ValueError(f"unknown cohort kind {cohort_kind!r}")
+    unknown = sorted(set(categories) - set(Category.values))
+    if unknown:
+        raise ValueError(f"unknown categories {unknown!r}")
+    wanted = sorted(set(categories))
+    municipalities = sorted({int(m) for m in municipality_ids})
+    if not wanted or not municipalities:
+        return {}
+    moment = at or timezone.now()
+    params = {
+        "municipalities": municipalities,
+        "categories": wanted,
+        "today": timezone.localdate(moment, timezone=JAPAN),
+        "at": moment,
+        "pregnancy": cohort_kind in ("pregnancy", "both"),
+        "child": cohort_kind in ("child", "both"),
+        "year_from": int(birth_year_from),
+        "year_to": int(birth_year_to),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_RESEARCH_COHORT_SQL, params)
+        return {
+            patient_id if isinstance(patient_id, uuid.UUID) else uuid.UUID(str(patient_id)): (
+                frozenset(found)
+            )
+            for patient_id, found in cursor.fetchall()
+        }
