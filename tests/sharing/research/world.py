@@ -492,9 +492,9 @@ def _family(
         visit_day = lmp + timedelta(days=weeks * 7 + rng.randrange(0, 5))
         note = ""
         if number == 0:
-            word = NOTE_WORDS[index % len(NOTE_WORDS)]
-            note = f"{family}{given}さん、初診。{word}{numbers.digits(5, lead='4')}の件を相談"
-            ids["note"].add(note)
+            token = f"{NOTE_WORDS[index % len(NOTE_WORDS)]}{numbers.digits(5, lead='4')}"
+            note = f"{family}{given}さん、初診。{token}の件を相談"
+            ids["note"] |= {note, token}
         visit = prenatal.Visit(
             visit_date=visit_day,
             due_date=due,
@@ -651,11 +651,9 @@ def _family(
         _vitals(world, rng, numbers, mother, children, account, mode, lmp, born, today)
     if notes:
         for patient in (mother, *children):
-            text = (
-                f"{family}家の記録：{NOTE_WORDS[(index + 3) % len(NOTE_WORDS)]}"
-                f"{numbers.digits(6, lead='4')}、{given}より"
-            )
-            ids["note"].add(text)
+            token = f"{NOTE_WORDS[(index + 3) % len(NOTE_WORDS)]}{numbers.digits(6, lead='4')}"
+            text = f"{family}家の記録：{token}、{given}より"
+            ids["note"] |= {text, token}
             handbook_services.note_write(
                 user=account, patient=patient, day=born + timedelta(days=20), text=text
             )
