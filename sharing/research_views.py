@@ -185,7 +185,7 @@ def project(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
     context = {
         **_nav(request, "index"),
         **_project_facts(found),
-        "block": in_language(block) if block else "",
+        "export_block": in_language(block) if block else "",
         "exports": [{"export": e, "progress": _progress(e)} for e in exports],
     }
     return render(request, "sharing/research/project.html", context)
@@ -204,7 +204,7 @@ def _render_export_form(
         **_nav(request, "index"),
         **_project_facts(project),
         "form": form,
-        "block": in_language(block) if block else "",
+        "export_block": in_language(block) if block else "",
     }
     return render(request, "sharing/research/export_new.html", context, status=status)
 
