@@ -485,6 +485,49 @@ def project_apply(
 # --------------------------------------------------------------------------
 
 
+def _review_errors(
+    locked: ResearchProject,
+    *,
+    user: Any,
+    decision: str,
+    expires_on: date | None,
+    note: str,
+    now: datetime,
+) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    if decision not in ResearchApproval.Decision.values:
+        errors["decision"] = _bilingual("承認か却下を選んでください。", "Choose approve or reject.")
+    elif locked.status not in (
+        ResearchProject.Status.SUBMITTED,
+        ResearchProject.Status.APPROVED,
+    ):
+        status = _both(locked.get_status_display())
+        errors["decision"] = _bilingual(
+            f"このプロジェクトは審査を終えています（{status[0]}）。",
+            f"This project is no longer under review ({status[1]}).",
+        )
+    elif locked.approvals.filter(reviewer=user).exists():
+        errors["decision"] = _bilingual(
+            "このプロジェクトはすでに審査しました。1人が審査できるのは1回です。",
+            "You have already reviewed this project; each reviewer decides once.",
+        )
+    elif decision == ResearchApproval.Decision.APPROVE and locked.expires_on is None:
+        if expires_on is None:
+            errors["expires_on"] = _bilingual(
+                "承認の有効期限を入力してください。", "Enter the date the approval expires."
+            )
+        elif expires_on <= today(now):
+            errors["expires_on"] = _bilingual(
+                f"有効期限 {expires_on.isoformat()} は明日以降にしてください。",
+                f"The expiry {expires_on.isoformat()} must be after today.",
+            )
+    elif decision == ResearchApproval.Decision.REJECT and not note:
+        errors["note"] = _bilingual(
+            "却下の理由を入力してください。", "Give the reason for the rejection."
+        )
+    return errors
+
+
 def project_review(
     *,
     user: Any,
@@ -501,9 +544,8 @@ def project_review(
     review it (the applicant, the applying institution, officers of
     municipalities the project does not cover); ValidationError for a
     decision that cannot be taken."""
-    action = (
-        "research.reject" if decision == ResearchApproval.Decision.REJECT else "research.approve"
-    )
+    rejecting = decision == ResearchApproval.Decision.REJECT
+    action = "research.reject" if rejecting else "research.approve"
     role = reviewer_role(user, project)
     if role is None:
         _audit(
@@ -523,90 +565,60 @@ def project_review(
         # One review at a time per project: the first approval's expiry
         # and the count of approvals are decided in order.
         locked = ResearchProject.objects.select_for_update().get(pk=project.pk)
-        errors: dict[str, str] = {}
-        if decision not in ResearchApproval.Decision.values:
-            errors["decision"] = _bilingual(
-                "承認か却下を選んでください。", "Choose approve or reject."
+        errors = _review_errors(
+            locked, user=user, decision=decision, expires_on=expires_on, note=note, now=now
+        )
+        if not errors:
+            first = locked.expires_on is None
+            try:
+                with transaction.atomic():
+                    approval = ResearchApproval.objects.create(
+                        project=locked,
+                        reviewer=user,
+                        reviewer_role=role.role,
+                        organization=role.organization,
+                        decision=decision,
+                        expires_on=(expires_on if first else locked.expires_on)
+                        if not rejecting
+                        else None,
+                        note=note,
+                        created_at=now,
+                    )
+            except IntegrityError:
+                errors = {
+                    "decision": _bilingual(
+                        "このプロジェクトはすでに審査しました。",
+                        "You have already reviewed this project.",
+                    )
+                }
+        if not errors:
+            locked.status = (
+                ResearchProject.Status.REJECTED if rejecting else ResearchProject.Status.APPROVED
             )
-        elif locked.status not in (
-            ResearchProject.Status.SUBMITTED,
-            ResearchProject.Status.APPROVED,
-        ):
-            errors["decision"] = _bilingual(
-                f"このプロジェクトは審査を終えています（{_both(locked.get_status_display())[0]}）。",
-                "This project is no longer under review "
-                f"({_both(locked.get_status_display())[1]}).",
-            )
-        elif locked.approvals.filter(reviewer=user).exists():
-            errors["decision"] = _bilingual(
-                "このプロジェクトはすでに審査しました。1人が審査できるのは1回です。",
-                "You have already reviewed this project; each reviewer decides once.",
-            )
-        first = locked.expires_on is None
-        if not errors and decision == ResearchApproval.Decision.APPROVE and first:
-            if expires_on is None:
-                errors["expires_on"] = _bilingual(
-                    "承認の有効期限を入力してください。", "Enter the date the approval expires."
-                )
-            elif expires_on <= today(now):
-                errors["expires_on"] = _bilingual(
-                    f"有効期限 {expires_on.isoformat()} は明日以降にしてください。",
-                    f"The expiry {expires_on.isoformat()} must be after today.",
-                )
-        if not errors and decision == ResearchApproval.Decision.REJECT and not note:
-            errors["note"] = _bilingual(
-                "却下の理由を入力してください。", "Give the reason for the rejection."
-            )
-        if errors:
+            if not rejecting and first:
+                locked.expires_on = expires_on
+            locked.decided_at = now
+            locked.save(update_fields=["status", "expires_on", "decided_at"])
             _audit(
                 action,
                 user=user,
                 role=role.role,
                 organization_id=org_id,
                 project=locked,
-                outcome="denied",
+                approvals=approval_count(locked),
             )
-            raise ValidationError(errors)
-        try:
-            with transaction.atomic():
-                approval = ResearchApproval.objects.create(
-                    project=locked,
-                    reviewer=user,
-                    reviewer_role=role.role,
-                    organization=role.organization,
-                    decision=decision,
-                    expires_on=(expires_on if first else locked.expires_on)
-                    if decision == ResearchApproval.Decision.APPROVE
-                    else None,
-                    note=note,
-                    created_at=now,
-                )
-        except IntegrityError as exc:
-            raise ValidationError(
-                {
-                    "decision": _bilingual(
-                        "このプロジェクトはすでに審査しました。",
-                        "You have already reviewed this project.",
-                    )
-                }
-            ) from exc
-        if decision == ResearchApproval.Decision.REJECT:
-            locked.status = ResearchProject.Status.REJECTED
-            locked.decided_at = now
-        else:
-            locked.status = ResearchProject.Status.APPROVED
-            if first:
-                locked.expires_on = expires_on
-            locked.decided_at = now
-        locked.save(update_fields=["status", "expires_on", "decided_at"])
+    if errors:
+        # Outside the transaction above: the refusal is recorded for good.
         _audit(
             action,
             user=user,
             role=role.role,
             organization_id=org_id,
-            project=locked,
-            approvals=approval_count(locked),
+            project=project,
+            outcome="denied",
+            reason=sorted(errors)[0],
         )
+        raise ValidationError(errors)
     project.status = locked.status
     project.expires_on = locked.expires_on
     project.decided_at = locked.decided_at

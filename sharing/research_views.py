@@ -73,6 +73,22 @@ def reviewer_required(view: View) -> View:
     return wrapper
 
 
+def found_first(lookup: Callable[[Any, Any], Any], kwarg: str) -> Callable[[View], View]:
+    """Look the object up (Http404 when it is not the user's) before any
+    re-authentication is asked, so that another institution's project is
+    a 404 like a missing one, not a "confirm access" page."""
+
+    def decorate(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            lookup(request.user, kwargs[kwarg])
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def _nav(request: HttpRequest, current: str = "") -> dict[str, Any]:
     is_reviewer = research.is_reviewer(request.user)
     return {
@@ -220,6 +236,7 @@ def export_new(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_POST
 @researcher_required
+@found_first(research.researcher_project, "project_id")
 @sensitive_action
 def export_create(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
     """Queue an export with these filters, or show why it is refused
@@ -459,6 +476,7 @@ def export_progress(request: HttpRequest, export_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_POST
 @researcher_required
+@found_first(research.researcher_export, "export_id")
 @sensitive_action
 def link_create(request: HttpRequest, export_id: uuid.UUID) -> HttpResponse:
     export = research.researcher_export(request.user, export_id)
@@ -569,6 +587,7 @@ def review(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_POST
 @reviewer_required
+@found_first(research.reviewable_project, "project_id")
 @sensitive_action
 def review_decide(request: HttpRequest, project_id: uuid.UUID) -> HttpResponse:
     found = research.reviewable_project(request.user, project_id)
