@@ -35,6 +35,7 @@ from sharing.forms import (
 )
 from sharing.models import ConsentPurpose
 from sharing.reports import access_report_close
+from sharing.research_consent_views import overview as research_overview
 from sharing.services import (
     access_report_create,
     consent_grant,
@@ -66,6 +67,13 @@ def _render_index(
 ) -> HttpResponse:
     people = selectors.sharing_overview(user=request.user)
     bound = bound or {}
+    # Research participation, summarized per person (/sharing/research/).
+    research = {
+        r.patient.pk: r
+        for r in research_overview(
+            request.user, [p.patient for p in people], {p.patient.pk: p.name for p in people}
+        )
+    }
     sections = []
     for person in people:
         pid = person.patient.pk
@@ -87,6 +95,7 @@ def _render_index(
                     },
                     auto_id=_auto_id("emergency", pid),
                 ),
+                "research": research.get(pid),
                 "open_clinic": ("clinic", pid) in bound,
                 "open_person": ("person", pid) in bound,
             }
