@@ -501,7 +501,7 @@ def _review_errors(
         ResearchProject.Status.SUBMITTED,
         ResearchProject.Status.APPROVED,
     ):
-        status = _both(locked.get_status_display())
+        status = _both(ResearchProject.Status(locked.status).label)
         errors["decision"] = _bilingual(
             f"このプロジェクトは審査を終えています（{status[0]}）。",
             f"This project is no longer under review ({status[1]}).",
@@ -697,7 +697,7 @@ def _filter_problems(project: ResearchProject, filters: dict[str, Any]) -> list[
             labels = [_municipality_label(_int_or_none(raw) or raw, known) for raw in outside]
             problems.append(
                 (
-                    f"市区町村: {'、'.join(ja for ja, _ in labels)} は承認されていません。",
+                    f"市区町村: {'、'.join(ja for ja, _ in labels)}は承認されていません。",
                     f"Municipality not in the approval: {', '.join(en for _, en in labels)}.",
                 )
             )
@@ -732,7 +732,7 @@ def _filter_problems(project: ResearchProject, filters: dict[str, Any]) -> list[
             en_names = ", ".join(f"\u201c{en}\u201d" for _, en in labels)
             problems.append(
                 (
-                    f"記録の種類: {ja_names} は承認されていません。",
+                    f"記録の種類: {ja_names}は承認されていません。",
                     f"Kinds of record not in the approval: {en_names}.",
                 )
             )
@@ -761,7 +761,7 @@ def _project_refusal(
             "You are not a researcher of this project's institution.",
         )
     if project.status != ResearchProject.Status.APPROVED:
-        status = _both(project.get_status_display())
+        status = _both(ResearchProject.Status(project.status).label)
         return (
             f"このプロジェクトは承認されていません（{status[0]}）。",
             f"This project is not approved ({status[1]}).",
@@ -900,7 +900,7 @@ def request_export(
 
 def _project_gone(project: ResearchProject, at: datetime | None) -> tuple[str, str] | None:
     if project.status != ResearchProject.Status.APPROVED:
-        status = _both(project.get_status_display())
+        status = _both(ResearchProject.Status(project.status).label)
         return (
             f"このプロジェクトは承認されていません（{status[0]}）。",
             f"This project is not approved ({status[1]}).",
@@ -936,7 +936,7 @@ def create_download(
         raise PermissionDenied("not a researcher of this project's institution")
     problem = _project_gone(project, at)
     if problem is None and export.status != ResearchExport.Status.DONE:
-        status = _both(export.get_status_display())
+        status = _both(ResearchExport.Status(export.status).label)
         problem = (
             f"この出力はまだダウンロードできません（{status[0]}）。",
             f"This export cannot be downloaded ({status[1]}).",
