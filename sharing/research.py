@@ -922,7 +922,7 @@ def create_download(
     RESEARCH_DOWNLOAD_USES uses. Only a researcher of the project's
     institution (PermissionDenied otherwise); ResearchRefused when the
     export is not ready or the project's approval has ended."""
-    project = export.project
+    project = ResearchProject.objects.get(pk=export.project_id)  # its state now
     if not is_researcher_of(user, project):
         _audit(
             "research.link",
