@@ -34,7 +34,12 @@ def home(request: HttpRequest) -> HttpResponse:
             "officer": any(
                 m.role == Role.MUNICIPAL_STAFF and m.is_privacy_officer for m in memberships
             ),
+            "researcher": any(m.role == Role.RESEARCHER for m in memberships),
         }
+        # Research reviews: platform admins and municipal privacy officers.
+        staff_links["research_reviews"] = bool(
+            staff_links["officer"] or getattr(request.user, "is_platform_admin", False)
+        )
         return render(request, "phr/staff_home.html", {"staff_links": staff_links})
     # The page shows names, birth dates and a due date: one audit row per
     # person shown.

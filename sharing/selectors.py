@@ -159,6 +159,12 @@ ACTION_WORDS = {
         "the numbers behind the growth and vitals charts (JSON)"
     ),
     "view.alerts": gettext_lazy("the vitals alerts"),
+    # Research (issue 8)
+    "research.export": gettext_lazy(
+        "an anonymized research release (no names, no exact dates, no identifiers)"
+    ),
+    "research_consent.set": gettext_lazy("a research participation choice"),
+    "view.research_consent": gettext_lazy("the research participation page"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
 # The daily reminder job's read as the guardian ("reminder.check"), too:
