@@ -295,11 +295,36 @@ def _normalized(text: str) -> str:
     return _BETWEEN_DIGITS.sub("", unicodedata.normalize("NFKC", text))
 
 
+_CELL_BREAKS = re.compile(r'[,"\n\r{}\[\]\t]')
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX_RUN = re.compile(r"[0-9a-f]{32,}")
+
+
+def compact(text: str) -> str:
+    """The file's distinct cells (split at CSV and JSON punctuation, never
+    inside a value), joined by NUL: a release repeats its cells many
+    times, and an identifier lies inside one cell (a name split over two
+    cells is found by its parts, which are needles of their own)."""
+    return "\x00".join(sorted(set(_CELL_BREAKS.split(text))))
+
+
+def uuid_tokens(lower: str) -> set[str]:
+    """Every UUID in the text, as 32 hex digits: written with hyphens, or
+    as any 32 digits of a longer hex run."""
+    found = {m.group().replace("-", "") for m in _UUID.finditer(lower)}
+    for m in _HEX_RUN.finditer(lower):
+        run = m.group()
+        found |= {run[i : i + 32] for i in range(len(run) - 31)}
+    return found
+
+
 def scan_text(name: str, text: str, identifiers: Mapping[str, Iterable[str]]) -> list[Hit]:
     hits: list[Hit] = []
+    text = compact(text)
     lower = text.lower()
     normalized = _normalized(text)
     normalized_kana = katakana_to_hiragana(normalized)
+    uuids = uuid_tokens(lower)
     for kind, values in identifiers.items():
         for value in values:
             if not value:
@@ -315,11 +340,8 @@ def scan_text(name: str, text: str, identifiers: Mapping[str, Iterable[str]]) ->
                         hits.append(Hit(name, kind, value, f"{digits} (normalized)"))
                 continue
             if kind == "uuid":
-                v = value.lower()
-                for needle in (v, v.replace("-", "")):
-                    if needle in lower:
-                        hits.append(Hit(name, kind, value, needle))
-                        break
+                if value.lower().replace("-", "") in uuids:
+                    hits.append(Hit(name, kind, value, value))
                 continue
             needles = text_needles(kind, value)
             found = next((n for n in needles if n in text or n.lower() in lower), None)
