@@ -43,6 +43,19 @@ class _Unchecked(forms.MultipleChoiceField):
         return True
 
 
+class _AnyChoice(forms.ChoiceField):
+    """One choice shown from the allowed ones; any value passed on (see
+    _Unchecked)."""
+
+    def valid_value(self, value: Any) -> bool:
+        return True
+
+
+class _Municipalities(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.name}（{obj.code}）"
+
+
 class ApplyForm(_ServiceErrors, forms.Form):
     organization = forms.ModelChoiceField(
         label=_("Research institution"),
@@ -72,7 +85,7 @@ class ApplyForm(_ServiceErrors, forms.Form):
         initial=CohortKind.BOTH,
         widget=forms.RadioSelect,
     )
-    municipalities = forms.ModelMultipleChoiceField(
+    municipalities = _Municipalities(
         label=_("Municipalities"),
         queryset=Organization.objects.filter(kind=Organization.Kind.MUNICIPALITY).order_by("code"),
         widget=forms.CheckboxSelectMultiple,
@@ -136,9 +149,7 @@ class ExportForm(_ServiceErrors, forms.Form):
     municipalities = _Unchecked(
         label=_("Municipalities"), widget=forms.CheckboxSelectMultiple, required=False
     )
-    cohort_kind = forms.CharField(
-        label=_("Cohort"), widget=forms.RadioSelect, required=False, max_length=16
-    )
+    cohort_kind = _AnyChoice(label=_("Cohort"), widget=forms.RadioSelect, required=False)
     categories = _Unchecked(
         label=_("Kinds of record"), widget=forms.CheckboxSelectMultiple, required=False
     )
@@ -161,7 +172,7 @@ class ExportForm(_ServiceErrors, forms.Form):
             CohortKind.PREGNANCY: [CohortKind.PREGNANCY],
             CohortKind.CHILD: [CohortKind.CHILD],
         }[CohortKind(project.cohort_kind)]
-        self.fields["cohort_kind"].widget.choices = [(k.value, k.label) for k in allowed]
+        self.fields["cohort_kind"].choices = [(k.value, k.label) for k in allowed]
         self.fields["categories"].choices = [
             (c, Category(c).label) for c in project.categories if c in Category.values
         ]
