@@ -266,3 +266,42 @@ def test_a_missing_release_file_counts_no_use(export: Any, applicant: Any, media
 def test_the_folder_must_lie_under_media_root(export: Any, applicant: Any) -> None:
     export.directory = "../../etc"
     assert research.release_zip_path(export) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simultaneous_requests_never_exceed_the_uses(
+    approved_project: Any, applicant: Any, colleague: Any, media: Path, settings: Any
+) -> None:
+    """Eight requests at once on a link with two uses: exactly two get the
+    release (the guarded UPDATE), the others are refused."""
+    import threading
+
+    from django.db import connection
+
+    settings.RESEARCH_DOWNLOAD_USES = 2
+    export = w.done_export(approved_project, applicant, media)
+    _link, token = research.create_download(user=applicant, export=export)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def attempt(user: Any) -> None:
+        try:
+            barrier.wait()
+            research.download_use(user=user, token=token)
+            outcomes.append("ok")
+        except research.DownloadGone:
+            outcomes.append("gone")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=attempt, args=(applicant if i % 2 else colleague,))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["gone"] * 6 + ["ok"] * 2
+    assert ResearchDownload.objects.get().uses == 2
+    assert len(w.audits("research.download", outcome="success")) == 2
