@@ -15,10 +15,12 @@ three questions an attacker would ask:
    (age_weeks, calendar_year) released about her in infant_checkups,
    vaccinations and vitals_weekly; for each pregnancy, the last menstrual
    period dates consistent with every (gestational_weeks, calendar_year)
-   in prenatal_visits, pregnancies and vitals_weekly. An event at w
-   completed weeks in year Y puts the start date in
+   in prenatal_visits, pregnancies and vitals_weekly — and the same facts
+   read from the FHIR files' extensions, since an attacker reads both. An
+   event at w completed weeks in year Y puts the start date in
    [1 Jan Y − 7w − 6, 31 Dec Y − 7w]. The smallest count of candidate
-   days is what the release gives away.
+   days is what the release gives away. Any full date in a table or a
+   FHIR file, or a year-month outside a birth period, is a problem.
 3. Identifiers: every output file (CSV, NDJSON, JSON, and each member of
    release.zip) scanned for each name in kanji and kana (katakana and
    hiragana, with and without spaces), each number in ASCII and
@@ -81,6 +83,98 @@ def read_table(directory: Path, table: str) -> list[dict[str, str]]:
 
 def read_tables(directory: Path) -> dict[str, list[dict[str, str]]]:
     return {table: read_table(directory, table) for table in TABLES}
+
+
+# The FHIR files carry the same facts as extensions
+# (docs/formats/research_release.md): research-<name>.
+EXTENSION = "https://hagukumi.jp/fhir/StructureDefinition/research-"
+
+
+def _extensions(resource: dict[str, object]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ext in resource.get("extension") or []:  # type: ignore[attr-defined]
+        url = str(ext.get("url", ""))
+        if url.startswith(EXTENSION):
+            value = next((v for k, v in ext.items() if k.startswith("value")), "")
+            out[url.removeprefix(EXTENSION)] = "" if value is None else str(value)
+    return out
+
+
+def _pid(reference: object) -> str:
+    text = str((reference or {}).get("reference", "")) if isinstance(reference, dict) else ""
+    return text.removeprefix("Patient/")
+
+
+def read_fhir_facts(directory: Path) -> dict[str, list[dict[str, str]]]:
+    """What the NDJSON files say about dates, as rows like the CSV
+    tables' (an attacker reads both): birth periods, events at an age,
+    events at a gestational age, pregnancies."""
+    facts: dict[str, list[dict[str, str]]] = defaultdict(list)
+    fhir = Path(directory) / "fhir"
+    if not fhir.exists():
+        return facts
+    for path in sorted(fhir.glob("*.ndjson")):
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                resource = json.loads(line)
+                ext = _extensions(resource)
+                kind = resource.get("resourceType")
+                year = ext.get("calendar-year", "")
+                if kind == "Patient":
+                    period = ext.get("birth-period") or str(resource.get("birthDate") or "")
+                    facts["births"].append({"pid": str(resource.get("id")), "birth_ym": period})
+                elif kind == "EpisodeOfCare":
+                    facts["pregnancies"].append(
+                        {
+                            "pid": _pid(resource.get("patient")),
+                            "pregnancy_no": ext.get("pregnancy-number", ""),
+                            "calendar_year": year,
+                            "gestational_weeks_at_delivery": ext.get(
+                                "gestational-weeks-at-delivery", ""
+                            ),
+                        }
+                    )
+                else:
+                    pid = _pid(resource.get("subject") or resource.get("patient"))
+                    if "age-weeks" in ext:
+                        facts["ages"].append(
+                            {"pid": pid, "age_weeks": ext["age-weeks"], "calendar_year": year}
+                        )
+                    if "gestational-weeks" in ext:
+                        facts["gestation"].append(
+                            {
+                                "pid": pid,
+                                "pregnancy_no": ext.get("pregnancy-number", ""),
+                                "gestational_weeks": ext["gestational-weeks"],
+                                "calendar_year": year,
+                            }
+                        )
+    return facts
+
+
+# Dates that must never be in a data file: a full date anywhere, a
+# year-month outside a birth period.
+_FULL_DATE = re.compile(r"(?<![0-9])(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])")
+_YEAR_MONTH = re.compile(r"(?<![0-9])(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])(?![0-9])")
+
+
+def date_leaks(directory: Path) -> list[str]:
+    """Full dates in any table or FHIR file; year-months in event tables
+    and event resources (only a birth period may have one)."""
+    out: list[str] = []
+    directory = Path(directory)
+    for path in sorted(directory.glob("csv/*.csv")) + sorted(directory.glob("fhir/*.ndjson")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(directory).as_posix()
+        if path.name == "data_dictionary.csv":
+            continue
+        if m := _FULL_DATE.search(text):
+            out.append(f"{name}: a full date {m.group()!r}")
+        if path.name not in ("persons.csv", "Patient.ndjson") and (m := _YEAR_MONTH.search(text)):
+            out.append(f"{name}: a year-month {m.group()!r}")
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -185,13 +279,24 @@ def _year(text: str | None) -> int | None:
     return int(text) if re.fullmatch(r"\d{4}", text) else None
 
 
-def birth_candidates(tables: Mapping[str, list[dict[str, str]]]) -> dict[str, int]:
-    """pid → the number of birth dates consistent with the release."""
+def birth_candidates(
+    tables: Mapping[str, list[dict[str, str]]],
+    fhir: Mapping[str, list[dict[str, str]]] | None = None,
+) -> dict[str, int]:
+    """pid → the number of birth dates consistent with the release (the
+    CSV tables, and the FHIR files' facts when given)."""
     intervals: dict[str, Interval | None] = {
         row["pid"]: birth_interval(row.get("birth_ym", "")) for row in tables["persons"]
     }
-    for table in ("infant_checkups", "vaccinations", "vitals_weekly"):
-        for row in tables.get(table, []):
+    fhir = fhir or {}
+    for row in fhir.get("births", []):
+        if row["pid"] in intervals:
+            intervals[row["pid"]] = intersect(
+                intervals[row["pid"]], birth_interval(row["birth_ym"])
+            )
+    extra = {"fhir ages": fhir.get("ages", [])}
+    for table in ("infant_checkups", "vaccinations", "vitals_weekly", "fhir ages"):
+        for row in extra.get(table) or tables.get(table, []):
             weeks = week_range(row.get("age_weeks", ""))
             year = _year(row.get("calendar_year"))
             if weeks is None or year is None or row["pid"] not in intervals:
@@ -200,27 +305,35 @@ def birth_candidates(tables: Mapping[str, list[dict[str, str]]]) -> dict[str, in
     return {pid: days(interval) for pid, interval in intervals.items()}
 
 
-def lmp_candidates(tables: Mapping[str, list[dict[str, str]]]) -> dict[tuple[str, str], int]:
+def lmp_candidates(
+    tables: Mapping[str, list[dict[str, str]]],
+    fhir: Mapping[str, list[dict[str, str]]] | None = None,
+) -> dict[tuple[str, str], int]:
     """(pid, pregnancy_no) → the number of LMP dates consistent with the
-    release. Vitals during a pregnancy (gestational_weeks) carry no
-    pregnancy number: they count for a mother with one pregnancy only."""
+    release (the CSV tables, and the FHIR files' facts when given).
+    Vitals during a pregnancy (gestational_weeks) carry no pregnancy
+    number: they count for a mother with one pregnancy only."""
+    fhir = fhir or {}
     intervals: dict[tuple[str, str], Interval | None] = {}
     per_mother: dict[str, list[str]] = defaultdict(list)
-    for row in tables.get("pregnancies", []):
+    for row in [*tables.get("pregnancies", []), *fhir.get("pregnancies", [])]:
         key = (row["pid"], row["pregnancy_no"])
-        per_mother[row["pid"]].append(row["pregnancy_no"])
+        if row["pregnancy_no"] not in per_mother[row["pid"]]:
+            per_mother[row["pid"]].append(row["pregnancy_no"])
         weeks = week_range(row.get("gestational_weeks_at_delivery", ""))
         year = _year(row.get("calendar_year"))
         interval = event_interval(weeks, year) if weeks and year else None
         intervals[key] = intersect(intervals.get(key), interval)
-    for row in tables.get("prenatal_visits", []):
+    numbered = [r for r in fhir.get("gestation", []) if r.get("pregnancy_no")]
+    unnumbered = [r for r in fhir.get("gestation", []) if not r.get("pregnancy_no")]
+    for row in [*tables.get("prenatal_visits", []), *numbered]:
         key = (row["pid"], row["pregnancy_no"])
         weeks = week_range(row.get("gestational_weeks", ""))
         year = _year(row.get("calendar_year"))
         intervals.setdefault(key, None)
         if weeks is not None and year is not None:
             intervals[key] = intersect(intervals[key], event_interval(weeks, year))
-    for row in tables.get("vitals_weekly", []):
+    for row in [*tables.get("vitals_weekly", []), *unnumbered]:
         numbers = per_mother.get(row["pid"], [])
         weeks = week_range(row.get("gestational_weeks", ""))
         year = _year(row.get("calendar_year"))
@@ -447,8 +560,15 @@ def check_release(
     }
     vectors = qi_vectors(tables)
     classes = equivalence_classes(vectors)
+    fhir = read_fhir_facts(directory)
+    fhir_pids = {r["pid"] for rows in fhir.values() for r in rows}
+    if fhir_pids - known:
+        problems.append(
+            f"fhir: resources of pids not in persons.csv: {sorted(fhir_pids - known)[:5]}"
+        )
+    problems += date_leaks(directory)
     try:
-        births = birth_candidates(tables)
+        births = birth_candidates(tables, fhir)
     except ValueError as exc:
         problems.append(str(exc))
         births = {}
@@ -457,7 +577,7 @@ def check_release(
         k=min(classes.values(), default=None),
         classes=classes,
         birth_days=births,
-        lmp_days=lmp_candidates(tables),
+        lmp_days=lmp_candidates(tables, fhir),
         orphans=orphans,
         problems=problems,
     )

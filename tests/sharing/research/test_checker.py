@@ -360,3 +360,54 @@ def test_birth_candidates_are_exactly_the_consistent_days(
     brute = sum(consistent(start + timedelta(days=i)) for i in range(366))
     assert counted == brute
     assert counted >= 1  # the true birth date is always a candidate
+
+
+def test_the_fhir_files_count_too(tmp_path: Path) -> None:
+    """The CSV blanked the year, the NDJSON did not: pinned all the same."""
+    tables = {
+        "persons": [child("p0", birth_ym="2024-12")],
+        "vaccinations": [
+            {"pid": "p0", "vaccine": "hepb", "dose": 1, "age_weeks": 0, "calendar_year": ""}
+        ],
+    }
+    directory = write_release(tmp_path, tables)
+    (directory / "fhir").mkdir()
+    ext = checker.EXTENSION
+    immunization = {
+        "resourceType": "Immunization",
+        "patient": {"reference": "Patient/p0"},
+        "extension": [
+            {"url": f"{ext}age-weeks", "valueInteger": 0},
+            {"url": f"{ext}calendar-year", "valueInteger": 2025},
+        ],
+    }
+    (directory / "fhir" / "Immunization.ndjson").write_text(
+        json.dumps(immunization) + "\n", encoding="utf-8"
+    )
+    findings = checker.check_release(directory)
+    assert findings.birth_days == {"p0": 6}
+
+
+def test_a_full_date_in_a_fhir_file_is_a_problem(tmp_path: Path) -> None:
+    directory = write_release(tmp_path, {"persons": [child("p0")]})
+    (directory / "fhir").mkdir()
+    observation = {
+        "resourceType": "Observation",
+        "subject": {"reference": "Patient/p0"},
+        "effectiveDateTime": "2025-03-14",
+    }
+    (directory / "fhir" / "Observation.ndjson").write_text(
+        json.dumps(observation) + "\n", encoding="utf-8"
+    )
+    findings = checker.check_release(directory)
+    assert any("a full date '2025-03-14'" in p for p in findings.problems)
+    assert findings.failures(k=1, min_days=1)
+
+
+def test_a_year_month_in_an_event_table_is_a_problem(tmp_path: Path) -> None:
+    tables = {
+        "persons": [child("p0", birth_ym="2025-03")],
+        "infant_checkups": [{"pid": "p0", "item": "body_weight", "value": "2025-04"}],
+    }
+    findings = checker.check_release(write_release(tmp_path, tables))
+    assert findings.problems == ["csv/infant_checkups.csv: a year-month '2025-04'"]

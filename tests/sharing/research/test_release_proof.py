@@ -338,6 +338,9 @@ def test_the_job_path_delivers_a_proven_release(
     findings = checker.check_release(out, identifiers=identifiers(world))
     assert_proven(findings, k=5)
     assert export.report["achieved_k"] == findings.k
+    for entry in export.report["files"]:
+        digest = hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest()
+        assert digest == entry["sha256"], entry["path"]
     with (out / "csv" / "persons.csv").open(encoding="utf-8") as handle:
         released = {r["pid"] for r in csv.DictReader(handle)}
     # the job's release and a direct build of the same project link
