@@ -164,6 +164,15 @@ ACTION_WORDS = {
         "an anonymized research release (no names, no exact dates, no identifiers)"
     ),
     "research_consent.set": gettext_lazy("a research participation choice"),
+    # The research portal's own actions carry no patient (they never show
+    # in a family's history); named for the audit views all the same.
+    "research.apply": gettext_lazy("a research project application"),
+    "research.approve": gettext_lazy("a research project approval"),
+    "research.reject": gettext_lazy("a research project rejection"),
+    "research.export_request": gettext_lazy("a request for an anonymized release"),
+    "research.link": gettext_lazy("a download link for a release"),
+    "research.link_revoke": gettext_lazy("a revoked download link"),
+    "research.download": gettext_lazy("a download of an anonymized release"),
     "view.research_consent": gettext_lazy("the research participation page"),
 }
 # System bookkeeping, not an access by anyone: kept out of the history.
