@@ -154,6 +154,37 @@ def test_a_k5_release_passes_the_independent_checker(
     assert {pid for pid, _ in findings.lmp_days} == {r["pid"] for r in rows(out, "pregnancies")}
 
 
+def test_the_scan_finds_the_worlds_identifiers_planted_in_a_real_release(
+    world: research_world.World, tmp_path: Path
+) -> None:
+    """The scan's positive control: the world's identifiers, planted in a
+    copy of a real release in the disguises an export could give them,
+    are each found."""
+    project = research_world.approved_project(world)
+    out = tmp_path / "release"
+    release(project, out)
+    found = identifiers(world)
+    kana = sorted(v for v in found["kana"] if " " in v)[0]
+    number = sorted(found["number"])[0]
+    email = sorted(found["email"])[0]
+    device = sorted(found["device"])[0]
+    store_id = sorted(found["uuid"])[0]
+    note = sorted(found["note"])[0]
+    planted = {
+        "kana": checker.katakana_to_hiragana(kana.replace(" ", "")),
+        "number": number.translate(checker.FULL_WIDTH),
+        "email": email.upper(),
+        "device": device,
+        "uuid": store_id.replace("-", "").upper(),
+        "note": note,
+    }
+    with (out / "csv" / "vaccinations.csv").open("a", encoding="utf-8") as handle:
+        for value in planted.values():
+            handle.write(f"x,{value},1,10,2025\n")
+    hits = checker.scan_release(out, found)
+    assert {hit.kind for hit in hits if hit.file == "csv/vaccinations.csv"} >= set(planted)
+
+
 def test_every_file_has_its_sha256_in_the_report(
     world: research_world.World, tmp_path: Path
 ) -> None:
