@@ -42,6 +42,11 @@ class ResearchRegimeAdmin(admin.ModelAdmin):
             kwargs["queryset"] = Organization.objects.filter(kind=Organization.Kind.MUNICIPALITY)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "notice_url":
+            kwargs["assume_scheme"] = "https"  # a public notice is an https page
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     def save_model(
         self, request: HttpRequest, obj: ResearchRegime, form: Any, change: bool
     ) -> None:

@@ -439,3 +439,46 @@ def test_the_sharing_page_summarizes_research_participation(
     assert "研究に協力していません" in body  # the mother chose nothing (opt-in)
     english = text(client_for(mother).get("/sharing/", HTTP_ACCEPT_LANGUAGE="en"))
     assert "Research participation" in english
+
+
+# --------------------------------------------------------------------------
+# The regime, set by a platform admin in the Django admin
+# --------------------------------------------------------------------------
+
+
+def test_a_platform_admin_sets_the_regime_and_it_is_audited(
+    mother: Any, pregnant: Patient, municipality: Any, stranger: Any
+) -> None:
+    admin = factories.UserFactory(is_staff=True, is_superuser=True, is_platform_admin=True)
+    factories.enable_totp(admin)
+    published = timezone.localdate()
+    response = client_for(admin).post(
+        "/admin/sharing/researchregime/add/",
+        {
+            "municipality": municipality.pk,
+            "kind": ResearchRegime.Kind.OPT_OUT,
+            "notice_published_on": published.isoformat(),
+            "notice_url": "https://city.example.jp/notice",
+            "legal_basis": "行政機関等匿名加工情報",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = ResearchRegime.objects.get(municipality=municipality)
+    assert row.kind == ResearchRegime.Kind.OPT_OUT
+    assert row.notice_published_on == published
+    event = AuditEvent.objects.get(action="research_regime.set")
+    assert event.actor_id == admin.pk
+    assert event.organization_id == municipality.pk
+    assert event.detail["kind"] == ResearchRegime.Kind.OPT_OUT
+    # the opt-out now applies to the municipality's residents
+    assert set(cohort_of(municipality)) == {pregnant.pk}
+    # a clinic is not a municipality: refused, nothing written
+    clinic = factories.ClinicFactory()
+    response = client_for(admin).post(
+        "/admin/sharing/researchregime/add/",
+        {"municipality": clinic.pk, "kind": ResearchRegime.Kind.OPT_OUT},
+    )
+    assert response.status_code == 200
+    assert not ResearchRegime.objects.filter(municipality=clinic).exists()
+    # a signed-in family member is not let in
+    assert client_for(stranger).get("/admin/sharing/researchregime/").status_code == 302
