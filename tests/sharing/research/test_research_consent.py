@@ -7,6 +7,7 @@ guardian of the child; a stranger; a family of another municipality."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -482,3 +483,39 @@ def test_a_platform_admin_sets_the_regime_and_it_is_audited(
     assert not ResearchRegime.objects.filter(municipality=clinic).exists()
     # a signed-in family member is not let in
     assert client_for(stranger).get("/admin/sharing/researchregime/").status_code == 302
+
+
+def test_the_page_and_the_cohort_agree(
+    mother: Any, pregnant: Patient, child: Patient, municipality: Any
+) -> None:
+    """What the family is told (effective_states) is what the cohort does,
+    over random choices under each regime."""
+    rng = random.Random(8)
+    today = timezone.localdate()
+    regimes = [
+        None,
+        (ResearchRegime.Kind.OPT_IN, today - timedelta(days=5)),
+        (ResearchRegime.Kind.OPT_OUT, today - timedelta(days=5)),
+        (ResearchRegime.Kind.OPT_OUT, today + timedelta(days=5)),
+    ]
+    for setting in regimes:
+        if setting is None:
+            ResearchRegime.objects.filter(municipality=municipality).delete()
+        else:
+            regime(municipality, setting[0], published_on=setting[1])
+        for _ in range(3):
+            for patient in (pregnant, child):
+                kinds = rng.sample(ALL, rng.randrange(0, 4))
+                if kinds:
+                    research_consent.set_choices(
+                        user=mother,
+                        patient=patient,
+                        categories=kinds,
+                        choice=rng.choice([CONSENT, REFUSE]),
+                    )
+            cohort = cohort_of(municipality)
+            for patient in (pregnant, child):
+                states = research_consent.effective_states([patient])[patient.pk]
+                told = {s.category for s in states if s.included}
+                shown = {s.category for s in states}
+                assert cohort.get(patient.pk, frozenset()) & shown == told, setting
