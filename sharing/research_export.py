@@ -20,7 +20,7 @@ How a release is built:
    pairs of every person are streamed once through the date floor, which
    writes the pairs whose year must be blanked into another temporary
    table; then each table is streamed with COPY … TO STDOUT straight into
-   its file (CSV, and NDJSON built by jsonb_build_object), never held in
+   its file (CSV, and NDJSON built as JSON text in SQL), never held in
    memory.
 4. Every file is hashed by re-reading it in chunks; the report and the zip
    close the release.
@@ -472,7 +472,12 @@ def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> No
 
 ITEM_LATERAL = """
 CROSS JOIN LATERAL (
-    SELECT i.key, i.system AS item_system, i.code AS item_code,
+    SELECT i.key, i.system AS item_system, i.code AS item_code, i.code_json,
+           CASE WHEN x.v ? 'valueQuantity' THEN (x.v->'valueQuantity'->'value')::text
+                WHEN x.v ? 'valueInteger' THEN (x.v->'valueInteger')::text
+                WHEN x.v ? 'valueBoolean' THEN (x.v->'valueBoolean')::text
+                ELSE (x.v->'valueCodeableConcept'->'coding'->0->'code')::text
+           END AS value_json,
            coalesce(x.v->'valueQuantity'->>'value', x.v->>'valueInteger',
                     x.v->'valueCodeableConcept'->'coding'->0->>'code',
                     x.v->>'valueBoolean') AS value,
@@ -493,9 +498,10 @@ CROSS JOIN LATERAL (
 ) m
 """
 
+# An Observation's or Immunization's compartment is its one subject
+# (phr/indexing.py): a hash join on it, no unnest.
 SUBJECT_JOIN = """
-CROSS JOIN LATERAL unnest(r.compartments) AS s(patient_id)
-JOIN rx_person p ON p.patient_id = s.patient_id
+JOIN rx_person p ON p.patient_id = r.compartments[1]
 CROSS JOIN LATERAL (SELECT {day} AS day) d
 """
 
@@ -516,7 +522,7 @@ JOIN rx_preg g ON g.patient_id = p.patient_id AND d.day BETWEEN g.first_day AND 
 WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
   AND r.category = 'prenatal_checkups' AND 'prenatal_checkups' = ANY(p.cats)
   AND d.day BETWEEN %(period_start)s AND %(period_end)s
-  AND m.value IS NOT NULL AND m.key NOT IN {_exclude(PREGNANCY_ITEMS)}
+  AND m.value IS NOT NULL AND m.value_json IS NOT NULL AND m.key NOT IN {_exclude(PREGNANCY_ITEMS)}
 """
 
 
@@ -524,21 +530,18 @@ def _infant_base() -> str:
     return f"""
 SELECT p.patient_id, p.pid, 0 AS pregnancy_no, (d.day - p.birth) / 7 AS weeks,
        extract(year FROM d.day)::int AS year,
-       CASE WHEN e.content->'type'->0->'coding'->0->>'system' = '{CHECKUP_TYPE_SYSTEM}'
-            THEN e.content->'type'->0->'coding'->0->>'code'
+       CASE WHEN ck.code IS NOT NULL THEN ck.code
             WHEN d.day = p.birth THEN 'birth' ELSE '' END AS checkup,
        m.*
 FROM phr_resource r
 {SUBJECT_JOIN.format(day=_day_sql())}
-LEFT JOIN phr_resource e ON e.resource_type = 'Encounter'
-     AND r.content->'encounter'->>'reference' ~ '^Encounter/[0-9a-f-]{{36}}$'
-     AND e.id = substr(r.content->'encounter'->>'reference', 11)::uuid
+LEFT JOIN rx_checkup ck ON ck.ref = r.content->'encounter'->>'reference'
 {ITEM_LATERAL}
 WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
   AND r.category = 'infant_checkups' AND 'infant_checkups' = ANY(p.cats)
   AND p.kind = 'child' AND d.day >= p.birth
   AND d.day BETWEEN %(period_start)s AND %(period_end)s
-  AND m.value IS NOT NULL AND m.key NOT IN {_exclude(BIRTH_ITEMS)}
+  AND m.value IS NOT NULL AND m.value_json IS NOT NULL AND m.key NOT IN {_exclude(BIRTH_ITEMS)}
 """
 
 
@@ -590,16 +593,16 @@ def _csv_sql(table: str) -> str:
         return f"""
 SELECT e.pid, e.pregnancy_no, e.weeks AS gestational_weeks, {YEAR} AS calendar_year,
        e.key AS item, coalesce(e.comparator, '') || e.value AS value, e.unit
-FROM ({_prenatal_base()}) e {BLANK_JOIN}"""
+FROM rx_e_prenatal e {BLANK_JOIN}"""
     if table == "infant_checkups":
         return f"""
 SELECT e.pid, e.weeks AS age_weeks, {YEAR} AS calendar_year, e.checkup,
        e.key AS item, coalesce(e.comparator, '') || e.value AS value, e.unit
-FROM ({_infant_base()}) e {BLANK_JOIN}"""
+FROM rx_e_infant e {BLANK_JOIN}"""
     if table == "vaccinations":
         return f"""
 SELECT e.pid, e.vaccine, e.dose, e.weeks AS age_weeks, {YEAR} AS calendar_year
-FROM ({_vaccination_base()}) e {BLANK_JOIN}"""
+FROM rx_e_vaccination e {BLANK_JOIN}"""
     if table == "vitals_weekly":
         return f"""
 SELECT e.pid, e.key AS item, e.unit,
@@ -608,124 +611,142 @@ SELECT e.pid, e.key AS item, e.unit,
        {YEAR} AS calendar_year, count(*) AS n,
        round(avg(e.value::numeric), 2) AS mean, min(e.value::numeric) AS min,
        max(e.value::numeric) AS max
-FROM ({_vitals_base()}) e {BLANK_JOIN}
+FROM rx_e_vitals e {BLANK_JOIN}
 GROUP BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, {YEAR}"""
     raise ValueError(table)
 
 
-def _ext(name: str, kind: str, expression: str) -> str:
-    return f"jsonb_build_object('url', '{EXTENSION}{name}', '{kind}', {expression})"
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _sql_text(text: str) -> str:
+    """A SQL string literal of our own constant text."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+# The NDJSON lines are concatenated JSON text: a million json_build_object
+# calls cost several times more. Every piece from the data is JSON already
+# (jsonb's own text of a value, the numbers of the aggregates, the weeks)
+# or passes through to_json; the rest are this module's constants.
+
+
+def _ext_sql(name: str, kind: str, json_text: str) -> str:
+    head = _sql_text(_json({"url": f"{EXTENSION}{name}"})[:-1] + f',"{kind}":')
+    return f"{head} || {json_text} || '}}'"
 
 
 def _ext_list(parts: list[tuple[str, str, str, str | None]]) -> str:
-    """A jsonb array of extensions; those whose condition is false are left out."""
+    """The JSON text of an array of extensions (name, value[x], JSON text of
+    the value, condition); those whose condition is false are left out."""
+    if parts[0][3] is not None:
+        raise ValueError("the first extension is always present")
     pieces = []
-    for name, kind, expression, condition in parts:
-        one = f"jsonb_build_array({_ext(name, kind, expression)})"
+    for index, (name, kind, value, condition) in enumerate(parts):
+        comma = "','" if index else "''"
+        one = f"{comma} || {_ext_sql(name, kind, value)}"
         pieces.append(
-            one if condition is None else f"CASE WHEN {condition} THEN {one} ELSE '[]'::jsonb END"
+            f"({one})" if condition is None else f"(CASE WHEN {condition} THEN {one} ELSE '' END)"
         )
-    return " || ".join(pieces)
+    # a leading comma is left when the first part is out: the first is always in
+    return "'[' || " + " || ".join(pieces) + " || ']'"
 
 
-VALUE_JSON = f"""
+UNIT = "to_json(e.unit)::text"
+
+VALUE_SQL = f"""
 CASE e.vtype
-  WHEN 'q' THEN jsonb_build_object('valueQuantity', jsonb_strip_nulls(jsonb_build_object(
-       'value', e.value::numeric, 'comparator', e.comparator, 'unit', e.unit,
-       'system', '{UCUM}', 'code', e.unit)))
-  WHEN 'i' THEN jsonb_build_object('valueInteger', e.value::bigint)
-  WHEN 'b' THEN jsonb_build_object('valueBoolean', e.value::boolean)
-  ELSE jsonb_build_object('valueCodeableConcept', jsonb_build_object('coding', jsonb_build_array(
-       jsonb_strip_nulls(jsonb_build_object('system', e.value_system, 'code', e.value)))))
+  WHEN 'q' THEN '"valueQuantity":{{"value":' || e.value_json
+       || CASE WHEN e.comparator IS NULL THEN ''
+               ELSE ',"comparator":' || to_json(e.comparator)::text END
+       || ',"unit":' || {UNIT} || ',"system":"{UCUM}","code":' || {UNIT} || '}}'
+  WHEN 'i' THEN '"valueInteger":' || e.value_json
+  WHEN 'b' THEN '"valueBoolean":' || e.value_json
+  ELSE '"valueCodeableConcept":{{"coding":[{{'
+       || CASE WHEN e.value_system IS NULL THEN ''
+               ELSE '"system":' || to_json(e.value_system)::text || ',' END
+       || '"code":' || e.value_json || '}}]}}'
 END"""
 
 
 def _observation_json(category: str, tag: str, extensions: str) -> str:
+    category_json = _sql_text(
+        _json([{"coding": [{"system": terminology.CATEGORY_SYSTEM, "code": category}]}])
+    )
     return f"""
-(jsonb_build_object(
-    'resourceType', 'Observation',
-    'id', e.pid || '-{tag}-' || row_number() OVER (),
-    'status', 'final',
-    'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(
-        jsonb_build_object('system', '{terminology.CATEGORY_SYSTEM}', 'code', '{category}')))),
-    'code', jsonb_build_object('coding', jsonb_build_array(
-        jsonb_build_object('system', e.item_system, 'code', e.item_code))),
-    'subject', jsonb_build_object('reference', 'Patient/' || e.pid),
-    'extension', {extensions}
-) || {VALUE_JSON})::text"""
+'{{"resourceType":"Observation","id":"' || e.pid || '-{tag}-' || row_number() OVER ()
+|| '","status":"final","category":' || {category_json}
+|| ',"code":' || e.code_json
+|| ',"subject":{{"reference":"Patient/' || e.pid || '"}}'
+|| ',"extension":' || {extensions}
+|| ',' || {VALUE_SQL} || '}}'"""
 
 
 def _ndjson_sql(part: str) -> str:
-    year = ("calendar-year", "valueInteger", YEAR, "b.patient_id IS NULL")
+    year = ("calendar-year", "valueInteger", f"({YEAR})::text", "b.patient_id IS NULL")
     if part == "prenatal":
         ext = _ext_list(
             [
-                ("pregnancy-number", "valueInteger", "e.pregnancy_no", None),
-                ("gestational-weeks", "valueInteger", "e.weeks", None),
+                ("pregnancy-number", "valueInteger", "e.pregnancy_no::text", None),
+                ("gestational-weeks", "valueInteger", "e.weeks::text", None),
                 year,
             ]
         )
         select = _observation_json("prenatal_checkups", "pv", ext)
-        return f"SELECT {select} FROM ({_prenatal_base()}) e {BLANK_JOIN}"
+        return f"SELECT {select} FROM rx_e_prenatal e {BLANK_JOIN}"
     if part == "infant":
         ext = _ext_list(
             [
-                ("age-weeks", "valueInteger", "e.weeks", None),
+                ("age-weeks", "valueInteger", "e.weeks::text", None),
                 year,
-                ("checkup", "valueCode", "e.checkup", "e.checkup <> ''"),
+                ("checkup", "valueCode", "to_json(e.checkup)::text", "e.checkup <> ''"),
             ]
         )
         select = _observation_json("infant_checkups", "ic", ext)
-        return f"SELECT {select} FROM ({_infant_base()}) e {BLANK_JOIN}"
+        return f"SELECT {select} FROM rx_e_infant e {BLANK_JOIN}"
     if part == "vitals":
         ext = _ext_list(
             [
-                ("age-weeks", "valueInteger", "e.weeks", "e.pregnancy_no = 0"),
-                ("gestational-weeks", "valueInteger", "e.weeks", "e.pregnancy_no > 0"),
-                ("calendar-year", "valueInteger", "e.year", "e.year IS NOT NULL"),
-                ("weekly-count", "valueInteger", "e.n", None),
-                ("weekly-min", "valueDecimal", "e.min", None),
-                ("weekly-max", "valueDecimal", "e.max", None),
+                ("weekly-count", "valueInteger", "e.n::text", None),
+                ("weekly-min", "valueDecimal", "e.min::text", None),
+                ("weekly-max", "valueDecimal", "e.max::text", None),
+                ("age-weeks", "valueInteger", "e.weeks::text", "e.pregnancy_no = 0"),
+                ("gestational-weeks", "valueInteger", "e.weeks::text", "e.pregnancy_no > 0"),
+                ("calendar-year", "valueInteger", "e.year::text", "e.year IS NOT NULL"),
             ]
         )
+        category_json = _sql_text(
+            _json([{"coding": [{"system": terminology.CATEGORY_SYSTEM, "code": "vitals"}]}])
+        )
         return f"""
-SELECT (jsonb_build_object(
-    'resourceType', 'Observation',
-    'id', e.pid || '-vw-' || row_number() OVER (),
-    'status', 'final',
-    'category', jsonb_build_array(jsonb_build_object('coding', jsonb_build_array(
-        jsonb_build_object('system', '{terminology.CATEGORY_SYSTEM}', 'code', 'vitals')))),
-    'code', jsonb_build_object('coding', jsonb_build_array(
-        jsonb_build_object('system', e.item_system, 'code', e.item_code))),
-    'subject', jsonb_build_object('reference', 'Patient/' || e.pid),
-    'valueQuantity', jsonb_build_object('value', e.mean, 'unit', e.unit,
-                                        'system', '{UCUM}', 'code', e.unit),
-    'extension', {ext}
-))::text
+SELECT '{{"resourceType":"Observation","id":"' || e.pid || '-vw-' || row_number() OVER ()
+    || '","status":"final","category":' || {category_json}
+    || ',"code":' || e.code_json
+    || ',"subject":{{"reference":"Patient/' || e.pid || '"}}'
+    || ',"valueQuantity":{{"value":' || e.mean::text || ',"unit":' || {UNIT}
+    || ',"system":"{UCUM}","code":' || {UNIT} || '}}'
+    || ',"extension":' || {ext} || '}}'
 FROM (
-    SELECT e.pid, e.item_system, e.item_code, e.unit, e.pregnancy_no, e.weeks,
+    SELECT e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks,
            {YEAR} AS year, count(*) AS n, round(avg(e.value::numeric), 2) AS mean,
            min(e.value::numeric) AS min, max(e.value::numeric) AS max
-    FROM ({_vitals_base()}) e {BLANK_JOIN}
-    GROUP BY e.pid, e.item_system, e.item_code, e.unit, e.pregnancy_no, e.weeks, {YEAR}
+    FROM rx_e_vitals e {BLANK_JOIN}
+    GROUP BY e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks, {YEAR}
 ) e"""
     if part == "immunization":
-        ext = _ext_list([("age-weeks", "valueInteger", "e.weeks", None), year])
+        ext = _ext_list([("age-weeks", "valueInteger", "e.weeks::text", None), year])
+        vaccine = _sql_text(_json({"system": VACCINE_SYSTEM})[:-1] + ',"code":')
         return f"""
-SELECT jsonb_build_object(
-    'resourceType', 'Immunization',
-    'id', e.pid || '-im-' || row_number() OVER (),
-    'status', 'completed',
-    'vaccineCode', jsonb_build_object('coding', jsonb_build_array(
-        jsonb_build_object('system', '{VACCINE_SYSTEM}', 'code', e.vaccine))),
-    'patient', jsonb_build_object('reference', 'Patient/' || e.pid),
-    'occurrenceString', 'age ' || e.weeks || ' weeks',
-    'protocolApplied', CASE WHEN e.dose ~ '^[1-9][0-9]*$'
-        THEN jsonb_build_array(jsonb_build_object('doseNumberPositiveInt', e.dose::int))
-        ELSE jsonb_build_array(jsonb_build_object('doseNumberString', e.dose)) END,
-    'extension', {ext}
-)::text
-FROM ({_vaccination_base()}) e {BLANK_JOIN}"""
+SELECT '{{"resourceType":"Immunization","id":"' || e.pid || '-im-' || row_number() OVER ()
+    || '","status":"completed","vaccineCode":{{"coding":[' || {vaccine}
+    || to_json(e.vaccine)::text || '}}]}}'
+    || ',"patient":{{"reference":"Patient/' || e.pid || '"}}'
+    || ',"occurrenceString":"age ' || e.weeks || ' weeks"'
+    || ',"protocolApplied":[' || CASE WHEN e.dose ~ '^[1-9][0-9]{{0,3}}$'
+        THEN '{{"doseNumberPositiveInt":' || e.dose || '}}'
+        ELSE '{{"doseNumberString":' || to_json(e.dose)::text || '}}' END || ']'
+    || ',"extension":' || {ext} || '}}'
+FROM rx_e_vaccination e {BLANK_JOIN}"""
     raise ValueError(part)
 
 
@@ -747,7 +768,17 @@ def _copy_to(cur: Any, query: str, params: dict[str, Any], out: Any, *, header: 
 # Temporary tables
 # --------------------------------------------------------------------------
 
-TEMP_TABLES = ("rx_person", "rx_preg", "rx_item", "rx_blank")
+TEMP_TABLES = (
+    "rx_person",
+    "rx_preg",
+    "rx_item",
+    "rx_blank",
+    "rx_checkup",
+    "rx_e_prenatal",
+    "rx_e_infant",
+    "rx_e_vaccination",
+    "rx_e_vitals",
+)
 
 
 def _drop_temp(cur: Any) -> None:
@@ -768,7 +799,7 @@ def _copy_rows(
     )
 
 
-def _allowed_items() -> Iterator[tuple[str, str, str, str, str]]:
+def _allowed_items() -> Iterator[tuple[str, str, str, str, str, str]]:
     """The items a release may hold: normal sensitivity, no free text, no
     dates (clinic-only items such as HIV and syphilis never go)."""
     for item in terminology.items().values():
@@ -781,6 +812,8 @@ def _allowed_items() -> Iterator[tuple[str, str, str, str, str]]:
             "" if item.unit in ("code", "ordinal", "boolean") else item.unit,
             coding["system"],
             coding["code"],
+            # the Observation.code of the FHIR files, as JSON text
+            _json({"coding": [{"system": coding["system"], "code": coding["code"]}]}),
         )
 
 
@@ -796,7 +829,7 @@ def _create_temp(cur: Any, persons: list[Person], key: bytes) -> None:
     )
     cur.execute(
         "CREATE TEMPORARY TABLE rx_item (token text PRIMARY KEY, key text NOT NULL, "
-        "unit text NOT NULL, system text NOT NULL, code text NOT NULL)"
+        "unit text NOT NULL, system text NOT NULL, code text NOT NULL, code_json text NOT NULL)"
     )
     cur.execute(
         "CREATE TEMPORARY TABLE rx_blank (patient_id uuid NOT NULL, pregnancy_no int NOT NULL, "
@@ -835,7 +868,22 @@ def _create_temp(cur: Any, persons: list[Person], key: bytes) -> None:
             if g.lmp is not None and g.window is not None
         ),
     )
-    _copy_rows(cur, "rx_item", ("token", "key", "unit", "system", "code"), _allowed_items())
+    _copy_rows(
+        cur, "rx_item", ("token", "key", "unit", "system", "code", "code_json"), _allowed_items()
+    )
+    # the infant checkup (1m, 3-4m, …) of each encounter of a released child
+    cur.execute("CREATE TEMPORARY TABLE rx_checkup (ref text PRIMARY KEY, code text NOT NULL)")
+    cur.execute(
+        "INSERT INTO rx_checkup SELECT DISTINCT ON (e.id) 'Encounter/' || e.id, "
+        "e.content->'type'->0->'coding'->0->>'code' "
+        "FROM phr_resource e CROSS JOIN LATERAL unnest(e.compartments) AS s(patient_id) "
+        "JOIN rx_person p ON p.patient_id = s.patient_id AND p.kind = 'child' "
+        "WHERE e.resource_type = 'Encounter' AND NOT e.deleted "
+        "AND e.content->'type'->0->'coding'->0->>'system' = %s "
+        "AND e.content->'type'->0->'coding'->0->>'code' IS NOT NULL",
+        [CHECKUP_TYPE_SYSTEM],
+    )
+    cur.execute("ANALYZE rx_checkup")
     cur.execute("ANALYZE rx_person")
     cur.execute("ANALYZE rx_preg")
 
@@ -847,16 +895,33 @@ def _create_temp(cur: Any, persons: list[Person], key: bytes) -> None:
 EVENT_BASES = ("prenatal", "infant", "vaccination", "vitals")
 
 
-def _events_sql() -> str:
-    bases = {
+def _bases() -> dict[str, str]:
+    return {
         "prenatal": _prenatal_base(),
         "infant": _infant_base(),
         "vaccination": _vaccination_base(),
         "vitals": _vitals_base(),
     }
+
+
+def _materialize(cur: Any, params: dict[str, Any]) -> None:
+    """Each event table's rows, computed once from phr_resource into a
+    temporary table (on disk, not in memory): the date floor, the CSV and
+    the NDJSON then read these instead of the store three times.
+
+    Without parallel workers: a parallel scan would pass every row's whole
+    content through the gather queue, slower than one process reading it
+    (measured: 9 s against 2 s for a million Observations)."""
+    cur.execute("SET max_parallel_workers_per_gather = 0")
+    for name, sql in _bases().items():
+        cur.execute(f"CREATE TEMPORARY TABLE rx_e_{name} AS {sql}", params)
+        cur.execute(f"ANALYZE rx_e_{name}")
+
+
+def _events_sql() -> str:
     union = "\nUNION\n".join(
-        f"SELECT e.patient_id, e.pregnancy_no, e.weeks, e.year FROM ({sql}) e"
-        for sql in bases.values()
+        f"SELECT e.patient_id, e.pregnancy_no, e.weeks, e.year FROM rx_e_{name} e"
+        for name in EVENT_BASES
     )
     return f"SELECT * FROM ({union}) u ORDER BY patient_id, pregnancy_no"
 
@@ -892,10 +957,7 @@ def _apply_date_floor(
             blanked.append((str(patient_id), number, weeks, year))
 
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
-        cur.copy_expert(
-            f"COPY ({cur.mogrify(_events_sql(), params).decode()}) TO STDOUT WITH (FORMAT csv)",
-            spool,
-        )
+        cur.copy_expert(f"COPY ({_events_sql()}) TO STDOUT WITH (FORMAT csv)", spool)
         spool.seek(0)
         group: tuple[uuid.UUID, int] | None = None
         events: list[tuple[int, int]] = []
@@ -1145,6 +1207,7 @@ def build_release(
     with connection.cursor() as cur:
         try:
             _create_temp(cur, released, key)
+            _materialize(cur, params)
             blanked = _apply_date_floor(
                 cur, released, node=node, params=params, floor_days=floor_days
             )
@@ -1174,6 +1237,7 @@ def build_release(
                 _copy_to(cur, _ndjson_sql("immunization"), params, out, header=False)
         finally:
             _drop_temp(cur)
+            cur.execute("RESET max_parallel_workers_per_gather")
     _write_dictionary(csv_dir / "data_dictionary.csv", result.generalizations)
 
     records: dict[str, int | str] = {}
@@ -1239,7 +1303,9 @@ def build_release(
     (out_dir / "release_report.json").write_text(
         json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8"
     )
-    with zipfile.ZipFile(out_dir / "release.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(
+        out_dir / "release.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=1
+    ) as archive:
         for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
             relative = path.relative_to(out_dir).as_posix()
             if relative != "release.zip":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B import get_fhir_model_class
 
 from phr.models import Resource
 from sharing import anonymize
@@ -89,8 +90,12 @@ def test_files_headers_and_report(world: engine_world.World, tmp_path: Path) -> 
     for entry in manifest["output"]:
         lines = (out / "fhir" / entry["url"]).read_text().splitlines()
         assert entry["count"] in (len(lines), "<10")
+        assert lines, entry["type"]
+        model = get_fhir_model_class(entry["type"])
         for line in lines:
-            assert json.loads(line)["resourceType"] == entry["type"]
+            resource = json.loads(line)
+            assert resource["resourceType"] == entry["type"]
+            model.model_validate(resource)  # valid FHIR R4B
 
 
 def test_tables_hold_the_world(world: engine_world.World, tmp_path: Path) -> None:
