@@ -495,6 +495,10 @@ class ResearchRegime(models.Model):
     notice_published_on = models.DateField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    class Meta:
+        verbose_name = _("research regime")
+        verbose_name_plural = _("research regimes")
+
     def __str__(self) -> str:
         return f"{self.municipality_id}: {self.kind}"
 
