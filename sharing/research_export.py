@@ -551,8 +551,8 @@ def _vaccination_base() -> str:
 SELECT p.patient_id, p.pid, 0 AS pregnancy_no, (d.day - p.birth) / 7 AS weeks,
        extract(year FROM d.day)::int AS year,
        r.content->'vaccineCode'->'coding'->0->>'code' AS vaccine,
-       coalesce(r.content->'protocolApplied'->0->>'doseNumberPositiveInt',
-                r.content->'protocolApplied'->0->>'doseNumberString', '') AS dose
+       -- the dose as a number only (doseNumberString is free text)
+       coalesce(r.content->'protocolApplied'->0->>'doseNumberPositiveInt', '') AS dose
 FROM phr_resource r
 {SUBJECT_JOIN.format(day=_day_sql())}
 WHERE r.resource_type = 'Immunization' AND NOT r.deleted AND r.sensitivity = 'normal'
@@ -743,9 +743,8 @@ SELECT '{{"resourceType":"Immunization","id":"' || e.pid || '-im-' || row_number
     || to_json(e.vaccine)::text || '}}]}}'
     || ',"patient":{{"reference":"Patient/' || e.pid || '"}}'
     || ',"occurrenceString":"age ' || e.weeks || ' weeks"'
-    || ',"protocolApplied":[' || CASE WHEN e.dose ~ '^[1-9][0-9]{{0,3}}$'
-        THEN '{{"doseNumberPositiveInt":' || e.dose || '}}'
-        ELSE '{{"doseNumberString":' || to_json(e.dose)::text || '}}' END || ']'
+    || CASE WHEN e.dose ~ '^[1-9][0-9]{{0,3}}$'
+        THEN ',"protocolApplied":[{{"doseNumberPositiveInt":' || e.dose || '}}]' ELSE '' END
     || ',"extension":' || {ext} || '}}'
 FROM rx_e_vaccination e {BLANK_JOIN}"""
     raise ValueError(part)
