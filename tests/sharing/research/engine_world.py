@@ -20,6 +20,7 @@ from tests import factories as f
 EPISODE_TYPE_SYSTEM = "https://hagukumi.jp/fhir/CodeSystem/episode-type"
 SECRET_NOTE = "秘密のメモ SECRET-NOTE-7731"
 LOT = "LOT-SECRET-4412"
+SERIES = "定期接種 SERIES-SECRET-9"
 ALL = frozenset({"pregnancy", "prenatal_checkups", "infant_checkups", "vaccinations", "vitals"})
 
 
@@ -265,7 +266,7 @@ def build(pairs: int = 12, *, municipality: Organization | None = None) -> World
                 },
                 "occurrenceDateTime": "2024-03-05",
                 "lotNumber": LOT,
-                "protocolApplied": [{"doseNumberPositiveInt": 1}],
+                "protocolApplied": [{"doseNumberPositiveInt": 1, "series": SERIES}],
             },
             "vaccinations",
         )

@@ -139,7 +139,15 @@ def test_nothing_identifying_leaves(world: engine_world.World, tmp_path: Path) -
     for needle in world.names + world.numbers + [n.translate(full_width) for n in world.numbers]:
         assert needle not in text, needle
         assert needle not in zipped, needle
-    for needle in (engine_world.SECRET_NOTE, engine_world.LOT, "HIVNEG", "hiv", "prenatal_note"):
+    for needle in (
+        engine_world.SECRET_NOTE,
+        engine_world.LOT,
+        engine_world.SERIES,
+        "SERIES-SECRET",
+        "HIVNEG",
+        "hiv",
+        "prenatal_note",
+    ):
         assert needle not in text, needle
     for rid in Resource.objects.values_list("id", flat=True):
         assert str(rid) not in text
