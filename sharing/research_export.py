@@ -16,12 +16,13 @@ How a release is built:
    pregnancies (due date) and the whitelist of items go into temporary
    tables.
 3. Each event table is one SQL query over phr_resource joined to them,
-   computing ages and gestational weeks in SQL. The (weeks, calendar year)
-   pairs of every person are streamed once through the date floor, which
-   writes the pairs whose year must be blanked into another temporary
-   table; then each table is streamed with COPY … TO STDOUT straight into
-   its file (CSV, and NDJSON built as JSON text in SQL), never held in
-   memory.
+   computing ages and gestational weeks in SQL, run once into a temporary
+   table (on the server's disk, ordered by pseudonym). The (weeks, calendar
+   year) pairs of every person are streamed once through the date floor,
+   which writes the pairs whose year must be blanked into another
+   temporary table; then each table is streamed with COPY … TO STDOUT
+   straight into its file (CSV, and NDJSON lines concatenated as JSON text
+   in SQL), never held in Python's memory.
 4. Every file is hashed by re-reading it in chunks; the report and the zip
    close the release.
 
