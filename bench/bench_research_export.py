@@ -450,7 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"setup: {families:,} families, {written:,} resources written in "
             f"{setup.seconds:.1f} s ({written / setup.seconds:,.0f}/s; client CPU "
-            f"{setup.client_cpu:.1f} s, server CPU {setup.server_cpu or 0:.1f} s)"
+            f"{setup.client_cpu:.1f} s, server CPU {setup.server_cpu or 0:.1f} s); "
+            f"peak RSS after it {common.peak_rss_mb():.0f} MB"
         )
         project = project_for(towns)
         cohort = cohort_for(project, towns)
@@ -465,6 +466,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results.update(families=families, written=written, resources=resources)
         with tempfile.TemporaryDirectory() as scratch:
             root = Path(scratch)
+            # memory first, the small town, then everyone: ru_maxrss only grows,
+            # so each figure is the peak up to that run
+            print("memory (csv + ndjson, tracemalloc on: slower):")
+            for label, towns_used, group in (
+                ("small town", small_town, small_cohort),
+                ("whole cohort", towns, cohort),
+            ):
+                out = root / "memory"
+                tracemalloc.start()
+                start = time.perf_counter()
+                try:
+                    run_release(project, towns_used, group, out, ["csv", "ndjson"])
+                except CohortTooSmall:
+                    tracemalloc.stop()
+                    print(f"  {label}: refused, too small for k at this --rows")
+                    continue
+                seconds = time.perf_counter() - start
+                _, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                rss = common.peak_rss_mb()
+                count = small_resources if group is small_cohort else resources
+                print(
+                    f"  {label}: {count:,} resources, tracemalloc peak {peak / 1e6:.1f} MB, "
+                    f"peak RSS so far {rss:.0f} MB ({seconds:.1f} s)"
+                )
+                results[f"memory {label}"] = {"peak_mb": peak / 1e6, "rss_mb": rss}
+                shutil.rmtree(out, ignore_errors=True)
             common.checkpoint()
             with common.timed("copy", phases):
                 copied = copy_baseline(cohort, root / "copy.tsv")
@@ -509,32 +537,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results[label] = {"seconds": phase.seconds, "rate": rate, "files": files}
                 shutil.rmtree(out, ignore_errors=True)
 
-            # memory: the small town first, then everyone (ru_maxrss only grows)
-            print("\nmemory (csv + ndjson, tracemalloc on: slower):")
-            for label, towns_used, group in (
-                ("small town", small_town, small_cohort),
-                ("whole cohort", towns, cohort),
-            ):
-                out = root / "memory"
-                tracemalloc.start()
-                start = time.perf_counter()
-                try:
-                    run_release(project, towns_used, group, out, ["csv", "ndjson"])
-                except CohortTooSmall:
-                    tracemalloc.stop()
-                    print(f"  {label}: refused, too small for k at this --rows")
-                    continue
-                seconds = time.perf_counter() - start
-                _, peak = tracemalloc.get_traced_memory()
-                tracemalloc.stop()
-                rss = common.peak_rss_mb()
-                count = small_resources if group is small_cohort else resources
-                print(
-                    f"  {label}: {count:,} resources, tracemalloc peak {peak / 1e6:.1f} MB, "
-                    f"peak RSS so far {rss:.0f} MB ({seconds:.1f} s)"
-                )
-                results[f"memory {label}"] = {"peak_mb": peak / 1e6, "rss_mb": rss}
-                shutil.rmtree(out, ignore_errors=True)
     finally:
         if original is not None:
             from django.db import connection
