@@ -13,9 +13,11 @@ How it works:
   no endpoint ships without a decided rule; an entry no route matches
   fails `test_the_table_names_no_missing_route`.
 - One world (two families, four clinics, two municipalities, an emergency
-  service, a research institute; consents active, revoked and expired; a DV
-  block; a break-glass window) is built once for the module, and every
-  request that may write runs in a savepoint that is rolled back.
+  service, two research institutions with research projects approved and
+  under review, a finished export and its download links; consents active,
+  revoked and expired; a DV block; a break-glass window) is built once for
+  the module, and every request that may write runs in a savepoint that is
+  rolled back.
 - Lists and reads are compared, by record id, with tests/sharing/oracle.py,
   a separate and deliberately simple statement of the rules.
 
@@ -139,7 +141,8 @@ PERSONAS = (
     "other_municipal_officer",  # the neighbour's municipality
     "staff_without_mfa",  # municipal staff of the family's town, no authenticator
     "responder",  # emergency service: an open break-glass window, a family opt-in
-    "researcher",  # an institute named in a research consent
+    "researcher",  # an institute named in a research consent; its research projects
+    "other_researcher",  # another research institution's (its own projects only)
     "stranger",
     "platform_admin",  # with MFA
     "admin_without_mfa",
@@ -359,7 +362,7 @@ NOTEBOOK_ALLOWED = {
 # platform): the family's own forms refuse them.
 STAFF_PERSONAS = frozenset(
     {*CLINIC_STAFF, "municipal_officer", "other_municipal_officer", "responder", "researcher"}
-    | {"platform_admin"}
+    | {"other_researcher", "platform_admin"}
 )
 
 CHILDREN = ("child", "neighbour_child")
@@ -703,6 +706,252 @@ def _nobodys(path: str, patient: str, *verbs: str) -> Case:
     return Case(_for(patient, path), {verb: S(user=404) for verb in verbs})
 
 
+# --- Research (issue 8): the portal (sharing/research_urls.py) and the
+# family's research choices (sharing/research_consent_urls.py). -------------
+
+# The world's research projects (_research_world), by key: their titles.
+PROJECTS = {
+    "project_a": "mk-project-a",  # approved twice; a finished export, a link, a revoked link
+    "project_b": "mk-project-b",  # approved twice (covers the other town); an export, a link
+    "project_c": "mk-project-c",  # under review, covers the family's town
+    "project_d": "mk-project-d",  # under review, covers the other town only
+}
+# Whose institution applied: its researchers alone see the project, its
+# exports and links (another institution's: 404, as if missing).
+PROJECT_OWNER = {
+    "project_a": "researcher",
+    "project_b": "other_researcher",
+    "project_c": "researcher",
+    "project_d": "other_researcher",
+}
+# Who may review each project: platform admins with MFA, and privacy
+# officers with MFA of a municipality it covers (the town's officer: A and
+# C); never anyone of the applying institution.
+PROJECT_REVIEWERS = {
+    "project_a": frozenset({"platform_admin", "municipal_officer"}),
+    "project_b": frozenset({"platform_admin"}),
+    "project_c": frozenset({"platform_admin", "municipal_officer"}),
+    "project_d": frozenset({"platform_admin"}),
+}
+RESEARCHERS = frozenset(PROJECT_OWNER.values())
+REVIEWERS = frozenset({"platform_admin", "municipal_officer"})
+EXPORT_OF = {"export_a": "project_a", "export_b": "project_b"}
+MISSING_UUID = "00000000-0000-4000-8000-000000000000"
+
+
+def _research(path: str) -> Callable[[World], str]:
+    """A portal path with the world's research ids filled in."""
+    return lambda world: path.format(**world.ids)
+
+
+def _projects_named(response: HttpResponse) -> set[str]:
+    text = body_text(response)
+    return {key for key, title in PROJECTS.items() if title in text}
+
+
+def _names_projects(
+    shows: Callable[[str], set[str]], *, exact: bool = True
+) -> Callable[[World, str, HttpResponse], str | None]:
+    """An `after`: a page names (by title) exactly the projects `shows`
+    gives the persona (at most them when not `exact`), a refusal none."""
+
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        named = _projects_named(response)
+        wanted = shows(persona) if response.status_code == 200 else set()
+        ok = named == wanted if exact else named <= wanted
+        return None if ok else f"projects named {sorted(named)}, expected {sorted(wanted)}"
+
+    return after
+
+
+def _index_projects(persona: str) -> set[str]:
+    """The portal's home lists the projects of one's own institution."""
+    return {key for key, owner in PROJECT_OWNER.items() if owner == persona}
+
+
+def _review_projects(persona: str) -> set[str]:
+    """The review queue (C and D, waiting for a first approval) and one's
+    own decisions (A and B): those the persona may review."""
+    return {key for key, reviewers in PROJECT_REVIEWERS.items() if persona in reviewers}
+
+
+def _owner_pages(path: str, key: str, *, exact: bool = True, **ok: int) -> Case:
+    """A page of one project (or its export): its institution's researchers
+    get `ok`, everyone else signed in 404; other verbs 405."""
+    verbs = {verb: S(user=404, **{PROJECT_OWNER[key]: status}) for verb, status in ok.items()}
+    for verb in ("GET", "POST"):
+        verbs.setdefault(verb, S(user=405))
+    return Case(_research(path), verbs, after=_names_projects(lambda p: {key}, exact=exact))
+
+
+def _acted(persona: str, response: HttpResponse) -> bool:
+    """A 302 that is the action done (not the login page or MFA set-up)."""
+    signed_in = persona != ANONYMOUS and persona not in NEEDS_MFA
+    return signed_in and response.status_code == 302
+
+
+def _exports_requested(
+    key: str, *, writes: bool = True
+) -> Callable[[World, str, HttpResponse], str | None]:
+    """An export is queued for the project only on a researcher's 302 (and
+    never without a fresh re-authentication: `writes` False)."""
+
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        from sharing.models import ResearchExport
+
+        queued = ResearchExport.objects.filter(
+            project_id=world.ids[key], status=ResearchExport.Status.QUEUED
+        )
+        made = {e.requested_by_id for e in queued}
+        wanted = {world.user_id(persona)} if writes and _acted(persona, response) else set()
+        return None if made == wanted else f"exports queued by {made}"
+
+    return after
+
+
+def _links_made(
+    export: str, *, writes: bool = True
+) -> Callable[[World, str, HttpResponse], str | None]:
+    """A download link is made for the export only on a researcher's 302
+    (never without a fresh re-authentication: `writes` False)."""
+
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        from sharing.models import ResearchDownload
+
+        known = [world.ids[k] for k in ("link_a", "link_b", "link_revoked")]
+        new = ResearchDownload.objects.filter(export_id=world.ids[export]).exclude(pk__in=known)
+        made = list(new.values_list("created_by_id", flat=True))
+        wanted = [world.user_id(persona)] if writes and _acted(persona, response) else []
+        return None if made == wanted else f"new links by {made}"
+
+    return after
+
+
+def _link_revoked(link: str) -> Callable[[World, str, HttpResponse], str | None]:
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        from sharing.models import ResearchDownload
+
+        revoked = ResearchDownload.objects.get(pk=world.ids[link]).revoked_at is not None
+        return None if revoked == _acted(persona, response) else f"link revoked: {revoked}"
+
+    return after
+
+
+def _zip_served(world: World, persona: str, response: HttpResponse) -> str | None:
+    """A download that is served is the release zip, one use counted."""
+    if response.status_code != 200:
+        return None
+    content = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    if response["Content-Type"] != "application/zip" or not content.startswith(b"PK"):
+        return f"not a zip: {response['Content-Type']}"
+    return None
+
+
+def _reviewed(key: str, *, writes: bool = True) -> Callable[[World, str, HttpResponse], str | None]:
+    """A decision is recorded on the project only on a reviewer's 302
+    (never without a fresh re-authentication: `writes` False)."""
+
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        from sharing.models import ResearchApproval
+
+        by = set(
+            ResearchApproval.objects.filter(project_id=world.ids[key]).values_list(
+                "reviewer_id", flat=True
+            )
+        )
+        wanted = {world.user_id(persona)} if writes and _acted(persona, response) else set()
+        return None if by == wanted else f"decisions by {by}"
+
+    return after
+
+
+def _apply_body(world: World) -> dict[str, Any]:
+    return {
+        "title": "mk-project-new",
+        "ethics_approval_number": "ETH-MATRIX-NEW",
+        "purpose": "matrix: a new application",
+        "categories": [Category.INFANT_CHECKUPS],
+        "cohort_kind": "child",
+        "municipalities": [world.ids["town"]],
+        "birth_year_from": "2020",
+        "birth_year_to": "2025",
+        "period_start": "2020-01-01",
+        "period_end": "2026-06-30",
+    }
+
+
+def _applied(world: World, persona: str, response: HttpResponse) -> str | None:
+    from sharing.models import ResearchProject
+
+    by = set(
+        ResearchProject.objects.filter(title="mk-project-new").values_list(
+            "applicant_id", flat=True
+        )
+    )
+    wanted = {world.user_id(persona)} if _acted(persona, response) else set()
+    return None if by == wanted else f"applications by {by}"
+
+
+def _export_request_body(world: World) -> dict[str, Any]:
+    """Project A's approval, as the export form offers it."""
+    return {
+        "birth_year_from": "2015",
+        "birth_year_to": str(timezone.localdate().year),
+        "municipalities": [world.ids["town"]],
+        "cohort_kind": "both",
+        "categories": [Category.INFANT_CHECKUPS, Category.VACCINATIONS],
+        "formats": ["csv", "ndjson"],
+    }
+
+
+def _approve_body(world: World) -> dict[str, Any]:
+    expires = timezone.localdate() + timedelta(days=180)
+    return {"decision": "approve", "expires_on": expires.isoformat(), "note": ""}
+
+
+def _research_choice_body(name: str) -> Callable[[World], dict[str, Any]]:
+    return lambda world: {
+        "patient": str(world.patients[name].pk),
+        "categories": [Category.VACCINATIONS, Category.INFANT_CHECKUPS],
+        "choice": "consent",
+    }
+
+
+def _choices_made(name: str, choice: str) -> Callable[[World, str, HttpResponse], str | None]:
+    """The person's research choices change only on a decider's 302, and
+    are hers (decided_by)."""
+
+    def after(world: World, persona: str, response: HttpResponse) -> str | None:
+        from sharing.models import ResearchChoice
+
+        rows = ResearchChoice.objects.filter(patient=world.patients[name])
+        by = {(r.decided_by_id, r.choice) for r in rows}
+        wanted = {(world.user_id(persona), choice)} if _acted(persona, response) else set()
+        return None if by == wanted else f"choices for {name}: {by}"
+
+    return after
+
+
+def _decider_cases(
+    path: str,
+    body: Callable[[str], Callable[[World], dict[str, Any]]],
+    choice: str,
+) -> list[Case]:
+    """One person's research choice, the person in the body: those who
+    decide for her (FAMILY_OF: the adult herself, a child's guardians not
+    DV-blocked) get 302, everyone else 404."""
+    return [
+        Case(
+            lambda w, p=path: p,
+            {"POST": S(user=404, **dict.fromkeys(FAMILY_OF[name], 302))},
+            body=body(name),
+            redirect_to="/sharing/research/#research-",
+            after=_choices_made(name, choice),
+        )
+        for name in PATIENTS
+    ]
+
+
 # The Django admin's per-model routes, generated for each registered model
 # ("app_label/model_name"). A new ModelAdmin adds six routes: add its line.
 ADMIN_MODEL_ROUTES = {
@@ -728,6 +977,8 @@ ADMIN_MODELS: dict[str, dict[str, Rule]] = {
     "phr/guardianship": {},
     "phr/residency": {},
     "phr/apitoken": {},
+    # A municipality's research regime (control data, audited).
+    "sharing/researchregime": {},
     # A note for a merge decision: viewed and deleted, never added or edited.
     "clinics/patientmatchreview": {
         "add/": staff(GET=403, POST=403),
@@ -1477,6 +1728,242 @@ EXPECTATIONS: dict[str, Rule] = {
     "vitals/alerts/<uuid:patient_id>/": patient_page(
         FAMILY_OF, alert_reach, must=alert_must, GET=S(), POST=S(user=405)
     ),
+    # --- The research portal (issue 8; sharing/research_urls.py) --------------
+    # Researchers (with MFA) of the project's institution and eligible
+    # reviewers only; everyone else 404, another institution's project,
+    # export or link as if missing. Staff without MFA: MFA set-up first.
+    # Export requests, download links and review decisions need a fresh
+    # re-authentication (found first: a stranger's is a 404, not a "confirm
+    # access"); an application does not. No page names a patient.
+    #
+    # The home: researchers (their institution's projects) and reviewers
+    # (the queue's size; no project listed) — sharing/research_views.index.
+    "research/": cases(
+        Case(
+            lambda w: "research/",
+            {
+                "GET": S(user=404, **dict.fromkeys(RESEARCHERS | REVIEWERS, 200)),
+                "POST": S(user=405),
+            },
+            after=_names_projects(_index_projects),
+        ),
+    ),
+    # Applying: researchers; an empty form is 400, a complete one creates
+    # the project (theirs) and goes to its page.
+    "research/apply/": cases(
+        Case(
+            lambda w: "research/apply/",
+            {
+                "GET": S(user=404, **dict.fromkeys(RESEARCHERS, 200)),
+                "POST": S(user=404, **dict.fromkeys(RESEARCHERS, 400)),
+            },
+            after=_applied,
+        ),
+        Case(
+            lambda w: "research/apply/",
+            {"POST": S(user=404, **dict.fromkeys(RESEARCHERS, 302))},
+            body=_apply_body,
+            redirect_to="/research/projects/",
+            after=_applied,
+        ),
+    ),
+    "research/projects/<uuid:project_id>/": cases(
+        *[_owner_pages(f"research/projects/{{{key}}}/", key, GET=200) for key in PROJECTS],
+        Case(lambda w: f"research/projects/{MISSING_UUID}/", {"GET": S(user=404)}),
+    ),
+    # The export form: under review (C) it shows why an export is refused.
+    "research/projects/<uuid:project_id>/export/": cases(
+        *[_owner_pages(f"research/projects/{{{key}}}/export/", key, GET=200) for key in PROJECTS],
+    ),
+    "research/projects/<uuid:project_id>/export/create/": cases(
+        Case(
+            _research("research/projects/{project_a}/export/create/"),
+            {"GET": S(user=405), "POST": S(user=404, researcher=302)},
+            body=_export_request_body,
+            redirect_to="reauthenticate",
+            after=_exports_requested("project_a", writes=False),
+        ),
+        Case(
+            _research("research/projects/{project_a}/export/create/"),
+            {"POST": S(user=404, researcher=302)},
+            body=_export_request_body,
+            fresh=True,
+            redirect_to="/research/exports/",
+            after=_exports_requested("project_a"),
+        ),
+        # Nothing chosen: refused with the reason (400), nothing queued.
+        Case(
+            _research("research/projects/{project_a}/export/create/"),
+            {"POST": S(user=404, researcher=400)},
+            fresh=True,
+            after=_exports_requested("project_a"),
+        ),
+        # Before the second approval (C is under review): refused.
+        Case(
+            _research("research/projects/{project_c}/export/create/"),
+            {"POST": S(user=404, researcher=400)},
+            body=_export_request_body,
+            fresh=True,
+            after=_exports_requested("project_c"),
+        ),
+        Case(
+            _research("research/projects/{project_b}/export/create/"),
+            {"POST": S(user=404, other_researcher=400)},
+            fresh=True,
+            after=_exports_requested("project_b"),
+        ),
+    ),
+    "research/exports/<uuid:export_id>/": cases(
+        _owner_pages("research/exports/{export_a}/", "project_a", GET=200),
+        _owner_pages("research/exports/{export_b}/", "project_b", GET=200),
+        Case(lambda w: f"research/exports/{MISSING_UUID}/", {"GET": S(user=404)}),
+    ),
+    "research/exports/<uuid:export_id>/progress/": cases(
+        _owner_pages("research/exports/{export_a}/progress/", "project_a", exact=False, GET=200),
+        _owner_pages("research/exports/{export_b}/progress/", "project_b", exact=False, GET=200),
+        Case(lambda w: f"research/exports/{MISSING_UUID}/progress/", {"GET": S(user=404)}),
+    ),
+    "research/exports/<uuid:export_id>/links/": cases(
+        Case(
+            _research("research/exports/{export_a}/links/"),
+            {"GET": S(user=405), "POST": S(user=404, researcher=302)},
+            redirect_to="reauthenticate",
+            after=_links_made("export_a", writes=False),
+        ),
+        Case(
+            _research("research/exports/{export_a}/links/"),
+            {"POST": S(user=404, researcher=302)},
+            fresh=True,
+            redirect_to="/research/exports/",
+            after=_links_made("export_a"),
+        ),
+        Case(
+            _research("research/exports/{export_b}/links/"),
+            {"POST": S(user=404, other_researcher=302)},
+            fresh=True,
+            redirect_to="/research/exports/",
+            after=_links_made("export_b"),
+        ),
+    ),
+    "research/links/<int:link_id>/revoke/": cases(
+        Case(
+            _research("research/links/{link_a}/revoke/"),
+            {"GET": S(user=405), "POST": S(user=404, researcher=302)},
+            redirect_to="/research/exports/",
+            after=_link_revoked("link_a"),
+        ),
+        Case(
+            _research("research/links/{link_b}/revoke/"),
+            {"POST": S(user=404, other_researcher=302)},
+            after=_link_revoked("link_b"),
+        ),
+        Case(lambda w: "research/links/999999999/revoke/", {"POST": S(user=404)}),
+    ),
+    # A link: the release zip for the institution's researchers while it is
+    # valid (410 with the reason once revoked); 404 for anyone else and for
+    # an unknown token.
+    "research/download/<str:token>/": cases(
+        Case(
+            _research("research/download/{token_a}/"),
+            {"GET": S(user=404, researcher=200), "POST": S(user=405)},
+            after=_zip_served,
+        ),
+        Case(
+            _research("research/download/{token_b}/"),
+            {"GET": S(user=404, other_researcher=200)},
+            after=_zip_served,
+        ),
+        Case(_research("research/download/{token_revoked}/"), {"GET": S(user=404, researcher=410)}),
+        Case(lambda w: "research/download/not-a-token/", {"GET": S(user=404)}),
+    ),
+    # Reviews: platform admins and privacy officers with MFA; the queue and
+    # one's decisions name only projects one may review (the town's officer
+    # not B or D, which cover only the other town).
+    "research/reviews/": cases(
+        Case(
+            lambda w: "research/reviews/",
+            {"GET": S(user=404, **dict.fromkeys(REVIEWERS, 200)), "POST": S(user=405)},
+            after=_names_projects(_review_projects),
+        ),
+    ),
+    "research/reviews/<uuid:project_id>/": cases(
+        *[
+            Case(
+                _research(f"research/reviews/{{{key}}}/"),
+                {
+                    "GET": S(user=404, **dict.fromkeys(PROJECT_REVIEWERS[key], 200)),
+                    "POST": S(user=405),
+                },
+                after=_names_projects(lambda p, k=key: {k} if p in PROJECT_REVIEWERS[k] else set()),
+            )
+            for key in PROJECTS
+        ],
+        Case(lambda w: f"research/reviews/{MISSING_UUID}/", {"GET": S(user=404)}),
+    ),
+    # Deciding: re-authentication first; an approval of C or D by whoever
+    # may review it; a second decision by the same reviewer (A, B) and a
+    # form without a decision are 400.
+    "research/reviews/<uuid:project_id>/decide/": cases(
+        Case(
+            _research("research/reviews/{project_c}/decide/"),
+            {"GET": S(user=405), "POST": S(user=404, **dict.fromkeys(REVIEWERS, 302))},
+            body=_approve_body,
+            redirect_to="reauthenticate",
+            after=_reviewed("project_c", writes=False),
+        ),
+        *[
+            Case(
+                _research(f"research/reviews/{{{key}}}/decide/"),
+                {"POST": S(user=404, **dict.fromkeys(PROJECT_REVIEWERS[key], 302))},
+                body=_approve_body,
+                fresh=True,
+                redirect_to="/research/reviews/",
+                after=_reviewed(key),
+            )
+            for key in ("project_c", "project_d")
+        ],
+        Case(
+            _research("research/reviews/{project_c}/decide/"),
+            {"POST": S(user=404, **dict.fromkeys(REVIEWERS, 400))},
+            fresh=True,
+            after=_reviewed("project_c"),
+        ),
+        *[
+            Case(
+                _research(f"research/reviews/{{{key}}}/decide/"),
+                {"POST": S(user=404, **dict.fromkeys(PROJECT_REVIEWERS[key], 400))},
+                body=_approve_body,
+                fresh=True,
+            )
+            for key in ("project_a", "project_b")
+        ],
+    ),
+    # --- The family's research choices (sharing/research_consent_urls.py) ----
+    # The page names exactly the people one decides for (staff: nobody).
+    "sharing/research/": listing(lambda w, p: own_family(w, p), POST=S(user=405)),
+    "sharing/research/choose/": cases(
+        *_decider_cases("sharing/research/choose/", _research_choice_body, "consent"),
+        # No kind of record chosen: the page with the error (the family named).
+        Case(
+            lambda w: "sharing/research/choose/",
+            {"GET": S(user=405), "POST": S(user=404, **dict.fromkeys(DECIDE_FOR_CHILD, 400))},
+            body=lambda w: {"patient": w.ids["child"], "choice": "consent"},
+            shows=lambda w, p: own_family(w, p),
+            after=_choices_made("child", "consent"),
+        ),
+    ),
+    "sharing/research/withdraw/": cases(
+        *_decider_cases(
+            "sharing/research/withdraw/",
+            lambda name: lambda w: {"patient": str(w.patients[name].pk)},
+            "refuse",
+        ),
+        Case(
+            lambda w: "sharing/research/withdraw/",
+            {"GET": S(user=405), "POST": S(user=404)},
+            body=lambda w: {"patient": MISSING_UUID},
+        ),
+    ),
     # --- FHIR Patient/$everything (phr/fhir_api.py EverythingView) --------------
     "fhir/Patient/<str:resource_id>/$everything": Rule(FHIR_EVERYTHING),
 }
@@ -1591,6 +2078,10 @@ def build_world() -> World:
     users["staff_without_mfa"] = f.make_member(Role.MUNICIPAL_STAFF, town, mfa=False)
     users["responder"] = f.make_member(Role.EMERGENCY_RESPONDER, ems)
     users["researcher"] = f.make_member(Role.RESEARCHER, institute)
+    other_institute = Organization.objects.create(
+        kind=Organization.Kind.RESEARCH, code="RES-MATRIX-2", name="Matrix Other Institute"
+    )
+    users["other_researcher"] = f.make_member(Role.RESEARCHER, other_institute)
     admins = {"platform_admin": True, "admin_without_mfa": False}
     for name, mfa in admins.items():
         admin = f.UserFactory(is_staff=True, is_superuser=True, is_platform_admin=True)
@@ -1936,6 +2427,7 @@ def build_world() -> World:
         )
     }
     vitals_ids = _vitals_world(people, patients, records, markers)
+    research_ids = _research_world(people, town=town, other_town=other_town)
     for name, patient in patients.items():
         records[name] = patient.pk
 
@@ -1979,6 +2471,7 @@ def build_world() -> World:
             "invitation_token": invitation_token,
             "mother_reminder": str(reminders["mother"].pk),
             **vitals_ids,
+            **research_ids,
         },
     )
 
@@ -2071,6 +2564,92 @@ def _vitals_world(
     }
 
 
+def _release_zip(export: Any) -> None:
+    """A finished export's folder as the release builder leaves it:
+    MEDIA_ROOT/research/<id>/release.zip (a small one: the matrix checks
+    who may fetch it, tests/sharing/research/ what is in a real one)."""
+    import zipfile
+    from pathlib import Path
+
+    directory = f"research/{export.pk}"
+    folder = Path(settings.MEDIA_ROOT) / directory
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "release.zip", "w") as archive:
+        archive.writestr("release_report.json", json.dumps({"export_id": str(export.pk)}))
+    export.directory = directory
+    export.save(update_fields=["directory"])
+
+
+def _research_world(
+    people: dict[str, User], *, town: Organization, other_town: Organization
+) -> dict[str, str]:
+    """Issue 8's objects, made through sharing.research's services: four
+    projects (PROJECTS) — the institute's A, approved by the platform admin
+    and the town's privacy officer, with a finished export, a download
+    link and a revoked one; the other institute's B, approved by the
+    platform admin and a second admin, covering the other town only, with
+    a finished export and a link; the institute's C and the other
+    institute's D under review, C covering the family's town, D the other
+    town only (whose officer is no persona: the town's officer is the
+    uncovered reviewer of B and D)."""
+    from sharing import research
+    from sharing.models import CohortKind, ResearchExport
+
+    admin, officer = people["platform_admin"], people["municipal_officer"]
+    second_admin = f.UserFactory(is_platform_admin=True, email="second-admin@matrix.example.jp")
+    f.enable_totp(second_admin)
+    expires_on = research.today() + timedelta(days=365)
+    projects = {}
+    for key, municipality in (
+        ("project_a", town),
+        ("project_b", other_town),
+        ("project_c", town),
+        ("project_d", other_town),
+    ):
+        projects[key] = research.project_apply(
+            user=people[PROJECT_OWNER[key]],
+            title=PROJECTS[key],
+            ethics_approval_number=f"ETH-MATRIX-{key}",
+            purpose="matrix: infant growth and vaccination timing",
+            categories=[Category.INFANT_CHECKUPS, Category.VACCINATIONS],
+            cohort_kind=CohortKind.BOTH,
+            municipalities=[municipality],
+            birth_year_from=2015,
+            birth_year_to=research.today().year,
+            period_start=date(2015, 1, 1),
+            period_end=date(2026, 12, 31),
+            publish=False,
+        )
+    for key, second in (("project_a", officer), ("project_b", second_admin)):
+        research.project_review(
+            user=admin, project=projects[key], decision="approve", expires_on=expires_on
+        )
+        research.project_review(user=second, project=projects[key], decision="approve")
+    ids = {key: str(project.pk) for key, project in projects.items()}
+    for name, key in (("a", "project_a"), ("b", "project_b")):
+        project = projects[key]
+        export = ResearchExport.objects.create(
+            project=project,
+            requested_by=people[PROJECT_OWNER[key]],
+            filters=research.default_filters(project),
+            status=ResearchExport.Status.DONE,
+            report={"cohort_size": 120, "released_persons": 118, "k": 5, "achieved_k": 6},
+            finished_at=timezone.now(),
+        )
+        _release_zip(export)
+        link, token = research.create_download(user=people[PROJECT_OWNER[key]], export=export)
+        ids.update({f"export_{name}": str(export.pk), f"link_{name}": str(link.pk)})
+        ids[f"token_{name}"] = token
+    revoked, revoked_token = research.create_download(
+        user=people["researcher"], export=ResearchExport.objects.get(pk=ids["export_a"])
+    )
+    research.revoke_download(user=people["researcher"], download=revoked)
+    ids["link_revoked"] = str(revoked.pk)
+    ids["token_revoked"] = revoked_token
+    ids["town"] = str(town.pk)
+    return ids
+
+
 def _admin_objects(people: dict[str, User]) -> dict[str, str]:
     """One object of each model the admin shows, for its object routes."""
     from allauth.account.models import EmailAddress
@@ -2086,6 +2665,7 @@ def _admin_objects(people: dict[str, User]) -> dict[str, str]:
 
     from clinics.models import PatientMatchReview
     from phr.models import ApiToken, Job, Membership, Patient, Residency
+    from sharing.models import ResearchRegime
 
     mother = people["mother"]
     interval = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.MINUTES)
@@ -2113,6 +2693,12 @@ def _admin_objects(people: dict[str, User]) -> dict[str, str]:
         "phr/residency": Residency.objects.first(),
         "phr/apitoken": ApiToken.objects.first(),
         "phr/job": Job.objects.create(kind="matrix"),
+        "sharing/researchregime": ResearchRegime.objects.create(
+            municipality=Organization.objects.get(
+                kind=Organization.Kind.MUNICIPALITY, name="桔梗村"
+            ),
+            kind=ResearchRegime.Kind.OPT_IN,
+        ),
         "clinics/patientmatchreview": PatientMatchReview.objects.create(
             clinic=Organization.objects.filter(kind="clinic").first(),
             registered=f.make_patient(given="照合"),
@@ -3273,6 +3859,24 @@ def test_the_writes_of_the_matrix_left_the_world_as_it_was(world: World) -> None
     assert invitation.status == GuardianInvitation.Status.ACTIVE
     assert Resource.objects.get(pk=world.records["child_note"]).deleted is False
     assert Reminder.objects.get(pk=world.ids["mother_reminder"]).read_at is None
+    # Research: no application, export, link, decision or choice was kept,
+    # and the links are as they were (unused, one revoked).
+    from sharing.models import (
+        ResearchApproval,
+        ResearchChoice,
+        ResearchDownload,
+        ResearchExport,
+        ResearchProject,
+    )
+
+    assert ResearchProject.objects.count() == len(PROJECTS)
+    assert ResearchExport.objects.count() == len(EXPORT_OF)
+    assert ResearchApproval.objects.count() == 4
+    assert not ResearchChoice.objects.exists()
+    links = {str(d.pk): d for d in ResearchDownload.objects.all()}
+    assert set(links) == {world.ids[k] for k in ("link_a", "link_b", "link_revoked")}
+    assert all(d.uses == 0 for d in links.values())
+    assert [k for k, d in links.items() if d.revoked_at] == [world.ids["link_revoked"]]
     response = call(world, Call("mother", "GET", "family/"))
     assert response.status_code == 200
 
