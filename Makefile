@@ -32,7 +32,7 @@ help:
 	@echo "make run               set up .venv, migrate, seed the demo data, serve on http://127.0.0.1:$(PORT)/"
 	@echo "make test              ruff check, then pytest (PYTEST_ARGS=... passes arguments on)"
 	@echo "make lint              ruff check"
-	@echo "make bench             the benchmarks in bench/ (store, access, import, FHIR bundles, handbook, charts, Apple Health)"
+	@echo "make bench             the benchmarks in bench/ (store, access, import, FHIR bundles, handbook, charts, Apple Health, research release)"
 	@echo "make stop              stop the embedded development PostgreSQL"
 	@echo "make messages          makemessages -l ja and compilemessages"
 	@echo "make migrations-check  fail if a model change has no migration"
@@ -74,6 +74,7 @@ bench: venv
 	$(PY) bench/bench_handbook.py
 	$(PY) bench/bench_charts.py
 	$(PY) bench/bench_apple_health.py
+	$(PY) bench/bench_research_export.py
 
 stop: venv
 	$(PY) -m config.devdb stop

@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 phase = phases[label]
                 rate = resources / phase.seconds
                 files = sizes(out)
-                wrote_csv = any(p.startswith("csv/persons") for p in files)
+                wrote_csv = any(p.startswith("csv/infant_checkups") for p in files)
                 wrote_fhir = any(p.startswith("fhir/Observation") for p in files)
                 print(
                     f"\n{label}: {phase.seconds:.1f} s, {rate:,.0f} resources/s = "

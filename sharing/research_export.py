@@ -1212,6 +1212,11 @@ def build_release(
     released.sort(key=lambda p: p.pid)
     advance()
 
+    # persons.csv, pregnancies.csv and the data dictionary are in every
+    # release (the persons are its key and the audit reads them); the
+    # event tables come as CSV, as FHIR NDJSON or both, as asked.
+    formats = set((filters or {}).get("formats") or ("csv", "ndjson")) & {"csv", "ndjson"}
+    formats = formats or {"csv", "ndjson"}
     csv_dir = out_dir / "csv"
     fhir_dir = out_dir / "fhir"
     csv_dir.mkdir(parents=True, exist_ok=True)
@@ -1238,17 +1243,24 @@ def build_release(
             )
             advance()
             for table in ("prenatal_visits", "infant_checkups", "vaccinations", "vitals_weekly"):
-                with (csv_dir / f"{table}.csv").open("w", encoding="utf-8", newline="") as out:
-                    _copy_to(cur, _csv_sql(table), params, out, header=True)
+                if "csv" in formats:
+                    with (csv_dir / f"{table}.csv").open("w", encoding="utf-8", newline="") as out:
+                        _copy_to(cur, _csv_sql(table), params, out, header=True)
                 advance()
-            _write_ndjson(fhir_dir / "Patient.ndjson", (_fhir_patient(p, node) for p in released))
-            _write_ndjson(fhir_dir / "EpisodeOfCare.ndjson", _fhir_episodes(released, node))
-            with (fhir_dir / "Observation.ndjson").open("w", encoding="utf-8") as out:
-                for part in ("prenatal", "infant", "vitals"):
-                    _copy_to(cur, _ndjson_sql(part), params, out, header=False)
+            if "ndjson" in formats:
+                _write_ndjson(
+                    fhir_dir / "Patient.ndjson", (_fhir_patient(p, node) for p in released)
+                )
+                _write_ndjson(fhir_dir / "EpisodeOfCare.ndjson", _fhir_episodes(released, node))
+                with (fhir_dir / "Observation.ndjson").open("w", encoding="utf-8") as out:
+                    for part in ("prenatal", "infant", "vitals"):
+                        _copy_to(cur, _ndjson_sql(part), params, out, header=False)
+                        advance()
+                with (fhir_dir / "Immunization.ndjson").open("w", encoding="utf-8") as out:
+                    _copy_to(cur, _ndjson_sql("immunization"), params, out, header=False)
+            else:
+                for _part in ("prenatal", "infant", "vitals"):
                     advance()
-            with (fhir_dir / "Immunization.ndjson").open("w", encoding="utf-8") as out:
-                _copy_to(cur, _ndjson_sql("immunization"), params, out, header=False)
         finally:
             _drop_temp(cur)
             cur.execute("RESET max_parallel_workers_per_gather")
@@ -1257,29 +1269,34 @@ def build_release(
 
     records: dict[str, int | str] = {}
     for table in CSV_COLUMNS:
+        if not (csv_dir / f"{table}.csv").exists():
+            continue  # an NDJSON-only release: the manifest counts its resources
         lines = max(_count_lines(csv_dir / f"{table}.csv") - 1, 0)
         records[table] = anonymize.small_cell(lines) if table == "persons" else lines
-    manifest_output = []
-    for resource_type in ("Patient", "EpisodeOfCare", "Observation", "Immunization"):
-        name = f"{resource_type}.ndjson"
-        count = _count_lines(fhir_dir / name)
-        manifest_output.append(
-            {
-                "type": resource_type,
-                "url": name,
-                "count": anonymize.small_cell(count) if resource_type == "Patient" else count,
-            }
+    if "ndjson" in formats:
+        manifest_output = []
+        for resource_type in ("Patient", "EpisodeOfCare", "Observation", "Immunization"):
+            name = f"{resource_type}.ndjson"
+            count = _count_lines(fhir_dir / name)
+            manifest_output.append(
+                {
+                    "type": resource_type,
+                    "url": name,
+                    "count": anonymize.small_cell(count) if resource_type == "Patient" else count,
+                }
+            )
+        manifest = {
+            "transactionTime": at.isoformat(),
+            "request": f"research/exports/{export_id}" if export_id else "research/export",
+            "requiresAccessToken": True,
+            "output": manifest_output,
+            "error": [],
+        }
+        (fhir_dir / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
         )
-    manifest = {
-        "transactionTime": at.isoformat(),
-        "request": f"research/exports/{export_id}" if export_id else "research/export",
-        "requiresAccessToken": True,
-        "output": manifest_output,
-        "error": [],
-    }
-    (fhir_dir / "manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8"
-    )
+    else:
+        fhir_dir.rmdir()
     advance()
 
     files = []
@@ -1312,6 +1329,7 @@ def build_release(
         "period": {"start": period[0].isoformat(), "end": period[1].isoformat()},
         "categories": sorted(allowed),
         "cohort_kind": kind_filter,
+        "formats": sorted(formats),
         "pseudonym": f"HMAC-SHA256, {anonymize.PSEUDONYM_HEX} hex digits, per project",
         "files": files,
     }

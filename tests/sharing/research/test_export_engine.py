@@ -34,9 +34,10 @@ def world(db: None) -> engine_world.World:
 def _release(world: engine_world.World, tmp_path: Path, **kwargs: Any) -> tuple[dict, Path]:
     project = kwargs.pop("project", None) or engine_world.project()
     cohort = kwargs.pop("cohort", None) or world.cohort()
+    filters = kwargs.pop("filters", None) or {}
     out = tmp_path / uuid.uuid4().hex
     out.mkdir()
-    report = build_release(project=project, filters={}, cohort=cohort, out_dir=out, **kwargs)
+    report = build_release(project=project, filters=filters, cohort=cohort, out_dir=out, **kwargs)
     return report, out
 
 
@@ -243,6 +244,28 @@ def test_categories_are_respected(world: engine_world.World, tmp_path: Path) -> 
     for table in ("pregnancies", "prenatal_visits", "infant_checkups", "vitals_weekly"):
         assert _rows(out, table) == [], table
     assert all(not r["birth_weight_band"] for r in _rows(out, "persons"))
+
+
+def test_formats_asked_for_are_the_formats_written(
+    world: engine_world.World, tmp_path: Path
+) -> None:
+    both, _ = _release(world, tmp_path)
+    only_csv, out_csv = _release(world, tmp_path, filters={"formats": ["csv"]})
+    only_fhir, out_fhir = _release(world, tmp_path, filters={"formats": ["ndjson"]})
+    assert both["formats"] == ["csv", "ndjson"]
+    assert only_csv["formats"] == ["csv"]
+    assert not (out_csv / "fhir").exists()
+    assert (out_csv / "csv" / "vaccinations.csv").exists()
+    assert only_csv["records_per_table"] == both["records_per_table"]
+    assert only_fhir["formats"] == ["ndjson"]
+    assert (out_fhir / "fhir" / "manifest.json").exists()
+    # the persons (the release's key) and the dictionary are always there
+    assert (out_fhir / "csv" / "persons.csv").exists()
+    assert not (out_fhir / "csv" / "vaccinations.csv").exists()
+    listed = {f["path"] for f in only_fhir["files"]}
+    with zipfile.ZipFile(out_fhir / "release.zip") as archive:
+        assert listed <= set(archive.namelist())
+    assert not any(path.startswith("csv/vacc") for path in listed)
 
 
 def test_pseudonyms_differ_between_projects(world: engine_world.World, tmp_path: Path) -> None:
