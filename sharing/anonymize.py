@@ -337,6 +337,73 @@ def evaluate(records: Sequence[QiRecord], node: Node, k: int) -> tuple[set[objec
     return suppressed, (min(kept) if kept else 0), len(kept)
 
 
+class _Coded:
+    """Every record's value of each generalized quasi-identifier at every
+    level, computed once: a lattice node's vector is then a few tuple
+    lookups per record instead of the coding functions (qi_vector stays
+    the definition; the two agree by construction and by test)."""
+
+    def __init__(self, records: Sequence[QiRecord]) -> None:
+        self.fixed = [(r.kind, r.sex) for r in records]
+        self.birth = [
+            tuple(birth_period(r.birth_date, lv) for lv in range(len(BIRTH_YM_LEVELS)))
+            for r in records
+        ]
+        self.area = [
+            tuple(area_code(r.municipality, lv) for lv in range(len(AREA_LEVELS))) for r in records
+        ]
+        self.weight = [
+            tuple(weight_band(r.birth_weight, lv) for lv in range(len(WEIGHT_LEVELS)))
+            for r in records
+        ]
+        self.gestation_babies = [
+            tuple(
+                tuple(
+                    (
+                        gestation_band(r.gestational_weeks, g),
+                        babies_band(r.babies, b),
+                        tuple(
+                            sorted(
+                                (gestation_band(w, g), babies_band(n, b)) for w, n in r.pregnancies
+                            )
+                        ),
+                    )
+                    for b in range(len(BABIES_LEVELS))
+                )
+                for g in range(len(GESTATION_LEVELS))
+            )
+            for r in records
+        ]
+
+    def vectors(self, node: Node) -> list[tuple[object, ...]]:
+        birth, area, weight, gestation, babies = node
+        return [
+            (
+                fixed[0],
+                fixed[1],
+                b[birth],
+                a[area],
+                w[weight],
+                gb[gestation][babies][0],
+                gb[gestation][babies][1],
+                gb[gestation][babies][2],
+            )
+            for fixed, b, a, w, gb in zip(
+                self.fixed, self.birth, self.area, self.weight, self.gestation_babies, strict=True
+            )
+        ]
+
+
+def _evaluate_coded(
+    records: Sequence[QiRecord], coded: _Coded, node: Node, k: int
+) -> tuple[set[object], int, int]:
+    vectors = coded.vectors(node)
+    sizes = Counter(vectors)
+    suppressed = {r.key for r, v in zip(records, vectors, strict=True) if sizes[v] < k}
+    kept = [n for n in sizes.values() if n >= k]
+    return suppressed, (min(kept) if kept else 0), len(kept)
+
+
 def k_anonymize(
     records: Sequence[QiRecord], *, k: int, max_suppression: float = MAX_SUPPRESSION
 ) -> Anonymized:
@@ -348,6 +415,7 @@ def k_anonymize(
     allowed = int(total * max_suppression)
     if total < k:
         raise KNotReachable(persons=total, k=k, best_suppressed=None)
+    coded = _Coded(records)
     best: Anonymized | None = None
     best_loss: float | None = None
     fewest: int | None = None
@@ -355,7 +423,7 @@ def k_anonymize(
         loss = information_loss(node)
         if best is not None and best_loss is not None and loss > best_loss:
             break
-        suppressed, smallest, classes = evaluate(records, node, k)
+        suppressed, smallest, classes = _evaluate_coded(records, coded, node, k)
         fewest = len(suppressed) if fewest is None else min(fewest, len(suppressed))
         if len(suppressed) > allowed or total - len(suppressed) < k:
             continue
