@@ -86,7 +86,8 @@ def test_export_job_end_to_end(media: Path, django_capture_on_commit_callbacks: 
     assert job.progress_total
     assert job.progress_done == job.progress_total
     # one audit row per released patient, purpose research, the requester
-    rows = AuditEvent.objects.filter(action="research.export")
+    # (the INSERT-only audit table keeps other tests' rows: this export's)
+    rows = AuditEvent.objects.filter(action="research.export", detail__export=str(export.pk))
     released = {p.pk for p in world.mothers + world.children}
     assert {r.patient_id for r in rows} == released
     assert rows.count() == len(released)
@@ -112,7 +113,9 @@ def test_cohort_too_small_is_refused_with_the_reason(
     assert " / " in export.reason
     assert not (media / "research" / str(export.pk)).exists()
     assert not list(media.glob("research/*.partial-*"))
-    assert not AuditEvent.objects.filter(action="research.export").exists()
+    assert not AuditEvent.objects.filter(
+        action="research.export", detail__project=str(project.pk)
+    ).exists()
 
 
 @pytest.mark.worker
@@ -150,6 +153,6 @@ def test_worker_killed_mid_export_completes_once(media: Path, start_worker: Any)
     assert (_release_dir(export) / "release.zip").exists()
     assert not list(media.glob("research/*.partial-*"))
     assert list((media / "research").iterdir()) == [_release_dir(export)]
-    rows = AuditEvent.objects.filter(action="research.export")
+    rows = AuditEvent.objects.filter(action="research.export", detail__export=str(export.pk))
     assert rows.count() == len(world.mothers) + len(world.children)
     assert Organization.objects.filter(pk=project.organization_id).exists()
