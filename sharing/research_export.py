@@ -17,7 +17,10 @@ How a release is built:
    tables.
 3. Each event table is one SQL query over phr_resource joined to them,
    computing ages and gestational weeks in SQL, run once into a temporary
-   table (on the server's disk, ordered by pseudonym). The (weeks, calendar
+   table (on the server's disk, ordered by pseudonym); the home vitals,
+   most of a release's rows, are aggregated per week already there (count,
+   sum, min, max per calendar year), so later steps read tens of thousands
+   of weekly rows, not every reading. The (weeks, calendar
    year) pairs of every person are streamed once through the date floor,
    which writes the pairs whose year must be blanked into another
    temporary table; then each table is streamed with COPY … TO STDOUT
@@ -331,19 +334,25 @@ def _load_birth_items(children: list[Person]) -> None:
                 by_id[patient_id].birth_weight = int(value)
             else:
                 by_id[patient_id].gestational_weeks = int(value)
+        # An Observation's compartment is its one subject (phr/indexing.py):
+        # joined by equality. The value's type is tested in the select list,
+        # not the WHERE: a condition on a JSON function's result is guessed
+        # to keep 0.5% of rows, and on that guess the planner tested every
+        # mother against every delivery record in a nested loop (14 s for
+        # 5,000 families; a hash join takes 30 ms).
         cur.execute(
-            "SELECT g.child_id, " + _day_sql() + ", (r.content->>'valueInteger')::int "
-            "FROM phr_guardianship g JOIN phr_patient m ON m.account_id = g.guardian_id "
-            "JOIN phr_resource r ON r.compartments @> ARRAY[m.id] "
-            "AND r.resource_type = 'Observation' AND NOT r.deleted "
-            "AND r.tokens @> ARRAY[%s] "
-            "AND jsonb_typeof(r.content->'valueInteger') = 'number' "
-            "WHERE g.child_id = ANY(%s::uuid[])",
+            "SELECT g.child_id, " + _day_sql() + ", "
+            "CASE WHEN jsonb_typeof(r.content->'valueInteger') = 'number' "
+            "THEN (r.content->>'valueInteger')::int END "
+            "FROM phr_resource r JOIN phr_patient m ON m.id = r.compartments[1] "
+            "JOIN phr_guardianship g ON g.guardian_id = m.account_id "
+            "WHERE r.resource_type = 'Observation' AND NOT r.deleted "
+            "AND r.tokens @> ARRAY[%s] AND g.child_id = ANY(%s::uuid[])",
             [_item_token("birth_count"), ids],
         )
         for child_id, day, count in cur.fetchall():
             child = by_id[child_id]
-            if day == child.birth:
+            if count is not None and day == child.birth:
                 child.babies = count
 
 
@@ -407,7 +416,9 @@ def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> No
         observations = cur.fetchall()
     tokens = {_item_token(k): k for k in ("edd", "gestational_age", "birth_count", "delivery_mode")}
     edd: dict[uuid.UUID, list[tuple[date, date]]] = {}
-    delivery: list[tuple[uuid.UUID, date, str, Any]] = []
+    # each mother's delivery items (one list per mother: looking through
+    # everyone's for each mother cost 12 s for 5,000 mothers)
+    delivery: dict[uuid.UUID, list[tuple[date, str, Any]]] = {}
     for mother, day, row_tokens, due_text, quantity, integer, code in observations:
         key = next((tokens[t] for t in row_tokens if t in tokens), None)
         if key is None or day is None:
@@ -417,11 +428,11 @@ def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> No
             if due:
                 edd.setdefault(mother, []).append((day, due))
         elif key == "gestational_age" and quantity is not None:
-            delivery.append((mother, day, key, int(quantity)))
+            delivery.setdefault(mother, []).append((day, key, int(quantity)))
         elif key == "birth_count" and integer is not None:
-            delivery.append((mother, day, key, int(integer)))
+            delivery.setdefault(mother, []).append((day, key, int(integer)))
         elif key == "delivery_mode" and code:
-            delivery.append((mother, day, key, str(code)))
+            delivery.setdefault(mother, []).append((day, key, str(code)))
     for mother, pregnancies in found.items():
         for pregnancy in pregnancies:
             if pregnancy.due is None:
@@ -435,9 +446,7 @@ def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> No
                     pregnancy.due = during[-1]
                 elif pregnancy.start:
                     pregnancy.due = pregnancy.start + timedelta(days=anonymize.FULL_TERM_DAYS)
-        for who, day, key, value in delivery:
-            if who != mother:
-                continue
+        for day, key, value in delivery.get(mother, []):
             for pregnancy in pregnancies:
                 window = pregnancy.window
                 if window is None or not window[0] <= day <= window[1] + timedelta(days=7):
@@ -564,22 +573,51 @@ WHERE r.resource_type = 'Immunization' AND NOT r.deleted AND r.sensitivity = 'no
 """
 
 
+# The home vitals' items: a number (valueQuantity without a comparator, or
+# valueInteger) and its unit; only what the weekly aggregate needs is read
+# from each reading, which is most of a release's rows.
+VITALS_LATERAL = """
+CROSS JOIN LATERAL (
+    SELECT i.key, i.code_json,
+           CASE WHEN x.q IS NOT NULL THEN x.q->>'value' ELSE x.v->>'valueInteger' END AS value,
+           CASE WHEN x.q IS NOT NULL THEN coalesce(x.q->>'code', i.unit) ELSE i.unit END AS unit
+    FROM (
+        SELECT r.content AS v, r.content->'valueQuantity' AS q, r.content->'code'->'coding'->0 AS c
+        UNION ALL
+        SELECT comp, comp->'valueQuantity', comp->'code'->'coding'->0
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.content->'component') = 'array'
+                                       THEN r.content->'component' ELSE '[]'::jsonb END) comp
+    ) x
+    JOIN rx_item i ON i.token = (x.c->>'system') || '|' || (x.c->>'code')
+    WHERE CASE WHEN x.q IS NOT NULL THEN x.q->>'comparator' IS NULL
+               ELSE x.v ? 'valueInteger' END
+) m
+"""
+
+
 def _vitals_base() -> str:
+    """The readings aggregated per person, item, unit, pregnancy, week and
+    calendar year (count, sum, min, max): the release shows only weekly
+    aggregates, and the (week, year) pairs the date floor sees are the same
+    as the readings'. The release's grouping merges these groups again
+    where the date floor blanked a year (sums and counts add up exactly)."""
     return f"""
 SELECT p.patient_id, p.pid, coalesce(g.pregnancy_no, 0) AS pregnancy_no,
        CASE WHEN g.pregnancy_no IS NULL THEN (d.day - p.birth) / 7
             ELSE (d.day - g.lmp) / 7 END AS weeks,
-       extract(year FROM d.day)::int AS year, m.*
+       extract(year FROM d.day)::int AS year, m.key, m.code_json, m.unit,
+       count(*) AS n, sum(m.value::numeric) AS total,
+       min(m.value::numeric) AS min, max(m.value::numeric) AS max
 FROM phr_resource r
 {SUBJECT_JOIN.format(day=_day_sql())}
 LEFT JOIN rx_preg g ON g.patient_id = p.patient_id AND d.day BETWEEN g.first_day AND g.last_day
                     AND d.day >= g.lmp
-{ITEM_LATERAL}
+{VITALS_LATERAL}
 WHERE r.resource_type = 'Observation' AND NOT r.deleted AND r.sensitivity = 'normal'
   AND r.category = 'vitals' AND 'vitals' = ANY(p.cats) AND d.day >= p.birth
   AND r.date_start >= %(period_from)s AND r.date_start < %(period_until)s
-  AND m.vtype IN ('q', 'i') AND m.comparator IS NULL
   AND m.value ~ '^-?[0-9]+(\\.[0-9]+)?$'
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """
 
 
@@ -588,6 +626,11 @@ LEFT JOIN rx_blank b ON b.patient_id = e.patient_id AND b.pregnancy_no = e.pregn
                      AND b.weeks = e.weeks AND b.year = e.year
 """
 YEAR = "CASE WHEN b.patient_id IS NULL THEN e.year END"
+# rx_e_vitals holds (n, total, min, max) per week and calendar year; a blanked
+# year merges a week's groups, so the aggregates are combined, not averaged
+VITALS_AGGREGATES = (
+    "sum(e.n) AS n, round(sum(e.total) / sum(e.n), 2) AS mean, min(e.min) AS min, max(e.max) AS max"
+)
 
 
 def _csv_sql(table: str) -> str:
@@ -610,9 +653,7 @@ FROM rx_e_vaccination e {BLANK_JOIN}"""
 SELECT e.pid, e.key AS item, e.unit,
        CASE WHEN e.pregnancy_no = 0 THEN e.weeks END AS age_weeks,
        CASE WHEN e.pregnancy_no > 0 THEN e.weeks END AS gestational_weeks,
-       {YEAR} AS calendar_year, count(*) AS n,
-       round(avg(e.value::numeric), 2) AS mean, min(e.value::numeric) AS min,
-       max(e.value::numeric) AS max
+       {YEAR} AS calendar_year, {VITALS_AGGREGATES}
 FROM rx_e_vitals e {BLANK_JOIN}
 GROUP BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, {YEAR}"""
     raise ValueError(table)
@@ -730,8 +771,7 @@ SELECT '{{"resourceType":"Observation","id":"' || e.pid || '-vw-' || row_number(
     || ',"extension":' || {ext} || '}}'
 FROM (
     SELECT e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks,
-           {YEAR} AS year, count(*) AS n, round(avg(e.value::numeric), 2) AS mean,
-           min(e.value::numeric) AS min, max(e.value::numeric) AS max
+           {YEAR} AS year, {VITALS_AGGREGATES}
     FROM rx_e_vitals e {BLANK_JOIN}
     GROUP BY e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks, {YEAR}
 ) e"""
@@ -915,6 +955,10 @@ def _materialize(cur: Any, params: dict[str, Any]) -> None:
     (measured: 9 s against 2 s for a million Observations)."""
     cur.execute("SET max_parallel_workers_per_gather = 0")
     cur.execute("SET jit = off")  # compiling these queries costs more than it saves
+    # the weekly vitals are grouped in memory (tens of MB for a million
+    # readings); with the default 4 MB the planner sorted the readings on
+    # disk, several times slower
+    cur.execute("SET work_mem = '128MB'")
     for name, sql in _bases().items():
         # ordered by pseudonym: the rows' order says nothing of when or
         # where the records were made (the store's order would)
@@ -1265,6 +1309,7 @@ def build_release(
             _drop_temp(cur)
             cur.execute("RESET max_parallel_workers_per_gather")
             cur.execute("RESET jit")
+            cur.execute("RESET work_mem")
     _write_dictionary(csv_dir / "data_dictionary.csv", result.generalizations)
 
     records: dict[str, int | str] = {}

@@ -11,14 +11,16 @@ import json
 import re
 import uuid
 import zipfile
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from phr.models import Resource
+from phr import services, store
+from phr.models import Provenance, Resource
 from sharing import anonymize
 from sharing.research_export import CSV_COLUMNS, CohortTooSmall, build_release
 from tests.sharing.research import engine_world
@@ -310,3 +312,116 @@ def test_csv_reads_back(world: engine_world.World, tmp_path: Path) -> None:
     text = (out / "csv" / "infant_checkups.csv").read_text(encoding="utf-8")
     rows = list(csv.reader(io.StringIO(text)))
     assert all(len(r) == len(CSV_COLUMNS["infant_checkups"]) for r in rows)
+
+
+def _weekly_readings(world: engine_world.World) -> tuple[list[str], list[tuple[int, int]]]:
+    """Every child weighed three times in its week 51, which spans New Year
+    (born 2024-01-05: days 357-363 are 2024-12-27 … 2025-01-02), plus one
+    reading with a comparator (not a number: never aggregated); every
+    mother's blood pressure (the reading's two components) three times in
+    one week of her age. Returns the children's weights and the mothers' (systolic,
+    diastolic) readings, the same for everyone."""
+    from vitals import records
+
+    weights = ["8.1", "8.3", "8.8"]  # a mean of the two years' means would be 8.5, not 8.4
+    for child in world.children:
+        for day, value in zip(
+            (date(2024, 12, 28), date(2024, 12, 30), date(2025, 1, 1)), weights, strict=True
+        ):
+            engine_world._obs(
+                child, engine_world.LOINC, "29463-7", day, "vitals",
+                **engine_world._quantity(float(value), "kg"),
+            )  # fmt: skip
+        quantity = engine_world._quantity(9.9, "kg")
+        quantity["valueQuantity"]["comparator"] = "<"
+        engine_world._obs(
+            child, engine_world.LOINC, "29463-7", date(2024, 12, 29), "vitals", **quantity
+        )
+    pressures = [(118, 72), (124, 80), (121, 77)]
+    for mother in world.mothers:
+        # three days of one week of her age, after the birth
+        born = date.fromisoformat(Resource.objects.get(pk=mother.pk).content["birthDate"])
+        first = date(2024, 6, 1) + timedelta(days=(born - date(2024, 6, 1)).days % 7)
+        for day, (systolic, diastolic) in zip(
+            (first, first + timedelta(days=2), first + timedelta(days=6)), pressures, strict=True
+        ):
+            reading = records.reading_check(
+                records.reading(
+                    records.BLOOD_PRESSURE,
+                    systolic=systolic,
+                    diastolic=diastolic,
+                    taken_at=datetime.combine(day, datetime.min.time(), tzinfo=UTC),
+                )
+            )
+            resource = records.vital_observation(patient_id=mother.pk, reading=reading)
+            store.record_write(
+                resource,
+                provenance=services.provenance_create(origin=Provenance.Origin.SYSTEM),
+            )
+    return weights, pressures
+
+
+def _summary(values: list[Decimal]) -> tuple[str, str, str, str]:
+    mean = (sum(values) / len(values)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return str(len(values)), str(mean), str(min(values)), str(max(values))
+
+
+@pytest.mark.parametrize("floor_days", [14, 1000])
+def test_weekly_vitals_add_up_across_new_year(
+    world: engine_world.World, tmp_path: Path, settings: Any, floor_days: int
+) -> None:
+    """vitals_weekly holds one row per person, item, week and calendar year;
+    where the date floor blanks the year of a week that spans New Year, the
+    week's rows merge and their count, mean, min and max are those of all
+    its readings (a floor of 1,000 days blanks every year)."""
+    settings.RESEARCH_MIN_DATE_CANDIDATES = floor_days
+    weights, pressures = _weekly_readings(world)
+    _, out = _release(world, tmp_path)
+    persons = {row["pid"]: row for row in _rows(out, "persons")}
+    rows = _rows(out, "vitals_weekly")
+    children = [pid for pid, p in persons.items() if p["kind"] == "child"]
+    mothers = [pid for pid, p in persons.items() if p["kind"] == "mother"]
+    assert len(children) == len(mothers) == 12
+    for pid in children:
+        week = [r for r in rows if r["pid"] == pid and r["item"] == "body_weight"]
+        assert {r["age_weeks"] for r in week} == {"51"}
+        assert sum(int(r["n"]) for r in week) == len(weights)  # the "<9.9" is left out
+        for r in week:
+            assert Decimal(r["min"]) <= Decimal(r["mean"]) <= Decimal(r["max"])
+        if floor_days == 1000:
+            assert [(r["calendar_year"], r["n"], r["mean"], r["min"], r["max"]) for r in week] == [
+                ("", *_summary([Decimal(w) for w in weights]))
+            ]
+        else:
+            # the two years are told apart unless the floor blanks them
+            assert {r["calendar_year"] for r in week} <= {"2024", "2025", ""}
+    for pid in mothers:
+        for item, index in (("bp_systolic", 0), ("bp_diastolic", 1)):
+            week = [r for r in rows if r["pid"] == pid and r["item"] == item]
+            values = [Decimal(p[index]) for p in pressures]
+            assert [(r["n"], r["mean"], r["min"], r["max"]) for r in week] == [_summary(values)]
+            assert week[0]["unit"] == "mm[Hg]"
+            assert week[0]["age_weeks"]
+    # the FHIR file says the same of the merged week
+    observations = [
+        json.loads(line)
+        for line in (out / "fhir" / "Observation.ndjson").read_text(encoding="utf-8").splitlines()
+    ]
+    weekly = [
+        o
+        for o in observations
+        if o["code"]["coding"][0]["code"] == "29463-7"
+        and any(e["url"].endswith("weekly-count") for e in o["extension"])
+    ]
+    assert len({o["subject"]["reference"] for o in weekly}) == 12
+    counts: dict[str, int] = {}
+    for o in weekly:
+        ext = {e["url"].rsplit("-", 1)[-1]: e for e in o["extension"]}
+        counts[o["subject"]["reference"]] = (
+            counts.get(o["subject"]["reference"], 0) + ext["count"]["valueInteger"]
+        )
+        if floor_days == 1000:
+            assert "year" not in ext
+            mean = _summary([Decimal(w) for w in weights])[1]
+            assert Decimal(str(o["valueQuantity"]["value"])) == Decimal(mean)
+    assert set(counts.values()) == {len(weights)}
