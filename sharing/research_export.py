@@ -655,7 +655,8 @@ SELECT e.pid, e.key AS item, e.unit,
        CASE WHEN e.pregnancy_no > 0 THEN e.weeks END AS gestational_weeks,
        {YEAR} AS calendar_year, {VITALS_AGGREGATES}
 FROM rx_e_vitals e {BLANK_JOIN}
-GROUP BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, {YEAR}"""
+GROUP BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, {YEAR}
+ORDER BY e.pid, e.key, e.unit, e.pregnancy_no, e.weeks, calendar_year"""
     raise ValueError(table)
 
 
@@ -774,6 +775,8 @@ FROM (
            {YEAR} AS year, {VITALS_AGGREGATES}
     FROM rx_e_vitals e {BLANK_JOIN}
     GROUP BY e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks, {YEAR}
+    -- grouped in memory, in no useful order: sorted as every other file is
+    ORDER BY e.pid, e.code_json, e.unit, e.pregnancy_no, e.weeks, year
 ) e"""
     if part == "immunization":
         ext = _ext_list([("age-weeks", "valueInteger", "e.weeks::text", None), year])

@@ -425,3 +425,19 @@ def test_weekly_vitals_add_up_across_new_year(
             mean = _summary([Decimal(w) for w in weights])[1]
             assert Decimal(str(o["valueQuantity"]["value"])) == Decimal(mean)
     assert set(counts.values()) == {len(weights)}
+
+
+def test_every_table_is_in_pseudonym_order(world: engine_world.World, tmp_path: Path) -> None:
+    """Rows come sorted by pid (then the table's own keys), never in the
+    store's order, which would tell when and where the records were made."""
+    _weekly_readings(world)
+    _, out = _release(world, tmp_path)
+    for table in CSV_COLUMNS:
+        pids = [row["pid"] for row in _rows(out, table)]
+        assert pids, table
+        assert pids == sorted(pids), table
+    vitals = [
+        (r["pid"], r["item"], r["unit"], r["gestational_weeks"] != "", int(r["age_weeks"] or 0))
+        for r in _rows(out, "vitals_weekly")
+    ]
+    assert vitals == sorted(vitals)
