@@ -750,6 +750,26 @@ def _filter_problems(project: ResearchProject, filters: dict[str, Any]) -> list[
     return problems
 
 
+def _not_approved(project: ResearchProject) -> tuple[str, str] | None:
+    if project.status == ResearchProject.Status.APPROVED:
+        return None
+    status = _both(ResearchProject.Status(project.status).label)
+    return (
+        f"このプロジェクトは承認されていません（{status[0]}）。",
+        f"This project is not approved ({status[1]}).",
+    )
+
+
+def _expired(project: ResearchProject, at: datetime | None) -> tuple[str, str] | None:
+    if project.expires_on is not None and today(at) <= project.expires_on:
+        return None
+    expired = project.expires_on.isoformat() if project.expires_on else "—"
+    return (
+        f"このプロジェクトの承認は {expired} に期限が切れました。",
+        f"This project's approval expired on {expired}.",
+    )
+
+
 def _project_refusal(
     project: ResearchProject, user: Any, at: datetime | None
 ) -> tuple[str, str] | None:
@@ -760,25 +780,15 @@ def _project_refusal(
             "このプロジェクトの研究機関の研究者ではありません。",
             "You are not a researcher of this project's institution.",
         )
-    if project.status != ResearchProject.Status.APPROVED:
-        status = _both(ResearchProject.Status(project.status).label)
-        return (
-            f"このプロジェクトは承認されていません（{status[0]}）。",
-            f"This project is not approved ({status[1]}).",
-        )
+    if refusal := _not_approved(project):
+        return refusal
     count = approval_count(project)
     if count < APPROVALS_NEEDED:
         return (
             f"このプロジェクトは2人目の承認が必要です（二者承認の原則。現在の承認: {count}人）。",
             f"This project needs a second approval (two-person rule; approvals so far: {count}).",
         )
-    if project.expires_on is None or today(at) > project.expires_on:
-        expired = project.expires_on.isoformat() if project.expires_on else "—"
-        return (
-            f"このプロジェクトの承認は {expired} に期限が切れました。",
-            f"This project's approval expired on {expired}.",
-        )
-    return None
+    return _expired(project, at)
 
 
 def project_export_block(
@@ -899,19 +909,10 @@ def request_export(
 
 
 def _project_gone(project: ResearchProject, at: datetime | None) -> tuple[str, str] | None:
-    if project.status != ResearchProject.Status.APPROVED:
-        status = _both(ResearchProject.Status(project.status).label)
-        return (
-            f"このプロジェクトは承認されていません（{status[0]}）。",
-            f"This project is not approved ({status[1]}).",
-        )
-    if project.expires_on is None or today(at) > project.expires_on:
-        expired = project.expires_on.isoformat() if project.expires_on else "—"
-        return (
-            f"このプロジェクトの承認は {expired} に期限が切れました。",
-            f"This project's approval expired on {expired}.",
-        )
-    return None
+    """Why a finished export's files may no longer be handed out: the
+    approval ended (rejected, withdrawn) or expired — the same rules and
+    words as an export's refusal."""
+    return _not_approved(project) or _expired(project, at)
 
 
 def create_download(
