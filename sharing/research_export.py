@@ -481,7 +481,18 @@ def _load_pregnancies(mothers: list[Person], *, period: tuple[date, date]) -> No
 # The event tables (SQL)
 # --------------------------------------------------------------------------
 
-ITEM_LATERAL = """
+# An Observation's value and each of its components' values (x.v), each
+# with its code (x.c), joined to the items a release may hold (i).
+ITEM_ROWS = """(
+        SELECT r.content AS v, r.content->'code'->'coding'->0 AS c
+        UNION ALL
+        SELECT comp, comp->'code'->'coding'->0
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.content->'component') = 'array'
+                                       THEN r.content->'component' ELSE '[]'::jsonb END) comp
+    ) x
+    JOIN rx_item i ON i.token = (x.c->>'system') || '|' || (x.c->>'code')"""
+
+ITEM_LATERAL = f"""
 CROSS JOIN LATERAL (
     SELECT i.key, i.system AS item_system, i.code AS item_code, i.code_json,
            CASE WHEN x.v ? 'valueQuantity' THEN (x.v->'valueQuantity'->'value')::text
@@ -498,14 +509,7 @@ CROSS JOIN LATERAL (
            x.v->'valueCodeableConcept'->'coding'->0->>'system' AS value_system,
            CASE WHEN x.v ? 'valueQuantity' THEN 'q' WHEN x.v ? 'valueInteger' THEN 'i'
                 WHEN x.v ? 'valueBoolean' THEN 'b' ELSE 'c' END AS vtype
-    FROM (
-        SELECT r.content AS v, r.content->'code'->'coding'->0 AS c
-        UNION ALL
-        SELECT comp, comp->'code'->'coding'->0
-        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.content->'component') = 'array'
-                                       THEN r.content->'component' ELSE '[]'::jsonb END) comp
-    ) x
-    JOIN rx_item i ON i.token = (x.c->>'system') || '|' || (x.c->>'code')
+    FROM {ITEM_ROWS}
 ) m
 """
 
@@ -576,20 +580,14 @@ WHERE r.resource_type = 'Immunization' AND NOT r.deleted AND r.sensitivity = 'no
 # The home vitals' items: a number (valueQuantity without a comparator, or
 # valueInteger) and its unit; only what the weekly aggregate needs is read
 # from each reading, which is most of a release's rows.
-VITALS_LATERAL = """
+VITALS_LATERAL = f"""
 CROSS JOIN LATERAL (
     SELECT i.key, i.code_json,
-           CASE WHEN x.q IS NOT NULL THEN x.q->>'value' ELSE x.v->>'valueInteger' END AS value,
-           CASE WHEN x.q IS NOT NULL THEN coalesce(x.q->>'code', i.unit) ELSE i.unit END AS unit
-    FROM (
-        SELECT r.content AS v, r.content->'valueQuantity' AS q, r.content->'code'->'coding'->0 AS c
-        UNION ALL
-        SELECT comp, comp->'valueQuantity', comp->'code'->'coding'->0
-        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.content->'component') = 'array'
-                                       THEN r.content->'component' ELSE '[]'::jsonb END) comp
-    ) x
-    JOIN rx_item i ON i.token = (x.c->>'system') || '|' || (x.c->>'code')
-    WHERE CASE WHEN x.q IS NOT NULL THEN x.q->>'comparator' IS NULL
+           coalesce(x.v->'valueQuantity'->>'value', x.v->>'valueInteger') AS value,
+           CASE WHEN x.v ? 'valueQuantity' THEN coalesce(x.v->'valueQuantity'->>'code', i.unit)
+                ELSE i.unit END AS unit
+    FROM {ITEM_ROWS}
+    WHERE CASE WHEN x.v ? 'valueQuantity' THEN x.v->'valueQuantity'->>'comparator' IS NULL
                ELSE x.v ? 'valueInteger' END
 ) m
 """
@@ -939,6 +937,16 @@ def _create_temp(cur: Any, persons: list[Person], key: bytes) -> None:
 EVENT_BASES = ("prenatal", "infant", "vaccination", "vitals")
 
 
+# Ties within a person's week are ordered by what the files show, so a
+# release is the same bytes each time it is built from the same records.
+ORDER_WITHIN_WEEK = {
+    "prenatal": "e.year, e.key, e.value, e.comparator, e.unit",
+    "infant": "e.year, e.checkup, e.key, e.value, e.comparator, e.unit",
+    "vaccination": "e.year, e.vaccine, e.dose",
+    "vitals": "e.year, e.key, e.unit",
+}
+
+
 def _bases() -> dict[str, str]:
     return {
         "prenatal": _prenatal_base(),
@@ -963,11 +971,12 @@ def _materialize(cur: Any, params: dict[str, Any]) -> None:
     # disk, several times slower
     cur.execute("SET work_mem = '128MB'")
     for name, sql in _bases().items():
-        # ordered by pseudonym: the rows' order says nothing of when or
-        # where the records were made (the store's order would)
+        # ordered by pseudonym and then by what the files show: the rows'
+        # order says nothing of when or where the records were made (the
+        # store's order would)
         cur.execute(
             f"CREATE TEMPORARY TABLE rx_e_{name} AS SELECT * FROM ({sql}) e "
-            "ORDER BY e.pid, e.pregnancy_no, e.weeks",
+            f"ORDER BY e.pid, e.pregnancy_no, e.weeks, {ORDER_WITHIN_WEEK[name]}",
             params,
         )
         cur.execute(f"ANALYZE rx_e_{name}")
